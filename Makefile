@@ -1,0 +1,73 @@
+# resnetd build. `make help` lists the targets.
+CC       ?= gcc
+BLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
+BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
+WARN     := -Wall -Wextra -Werror
+CFLAGS   ?= -O2 -g
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -fopenmp -I$(BLAS_INC) -Icore -MMD -MP
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ljansson -lm -fopenmp
+BUILD    ?= build
+
+CORE_SRC   := $(wildcard core/*.c)
+SERVER_SRC := $(wildcard server/*.c)
+UNIT_SRC   := $(wildcard tests/unit/test_*.c)
+TESTLIB_SRC:= tests/unit/testutil.c
+
+CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/%.o)
+SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TESTLIB_OBJ:= $(TESTLIB_SRC:%.c=$(BUILD)/%.o)
+
+.PHONY: all deps test unit asan bench demo run clean help
+all: $(BUILD)/resnetd $(UNIT_BIN) $(BUILD)/bench/bench_train
+
+help:
+	@echo "make deps   install missing Debian packages (tools/debian-packages.txt)"
+	@echo "make all    build build/resnetd, the unit tests and the benchmarks"
+	@echo "make test   deps + build + every test (unit, PyTorch reference)"
+	@echo "make asan   unit tests under address+undefined sanitizers"
+	@echo "make bench  resnetd vs PyTorch, side by side (writes bench/last.json)"
+	@echo "make demo   set up and run the demo"
+
+deps:
+	@tools/deps.sh
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/libresnetd.a: $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
+
+$(BUILD)/resnetd: $(SERVER_OBJ) $(BUILD)/libresnetd.a
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TESTLIB_OBJ) $(BUILD)/libresnetd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
+
+$(BUILD)/bench/bench_train: $(BUILD)/bench/bench_train.o $(BUILD)/libresnetd.a
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDLIBS)
+
+test: deps all
+	@tests/run.sh $(BUILD)
+
+unit: all
+	@tests/run.sh $(BUILD) unit
+
+asan: deps
+	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
+	@tests/run.sh build-asan unit
+
+bench: deps all
+	@bench/run.sh $(BUILD)
+
+demo:
+	@echo "make demo: not yet: the daemon (issue 5) does not exist yet."
+	@echo "For now: make test, make bench, and build/resnetd inspect FILE.safetensors."
+
+clean:
+	rm -rf build build-asan
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

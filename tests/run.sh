@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Runs every test and ends with the line "N passed, N failed".
+#   tests/run.sh BUILD_DIR [unit]
+# 1. the PyTorch oracle writes reference data into BUILD_DIR/ref (tests/reference/*.py)
+# 2. every C unit test binary BUILD_DIR/tests/test_* runs (cmocka, TAP output)
+# 3. every Python test tests/**/test_*.py runs under Debian's python3 (unittest)
+# "unit" runs 1 and 2 only (used by `make asan`).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+mode=${2:-all}
+PY=/usr/bin/python3
+export RESNETD_REF_DIR="$PWD/$build/ref"
+export RESNETD_BUILD_DIR="$PWD/$build"
+mkdir -p "$RESNETD_REF_DIR" "$build/test-logs"
+passed=0
+failed=0
+failures=()
+
+count_tap() { # name logfile rc
+  local name=$1 log=$2 rc=$3 ok bad
+  ok=$(grep -c '^ok ' "$log")
+  bad=$(grep -c '^not ok ' "$log")
+  if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then
+    bad=1  # crashed or failed outside a test case
+    failures+=("$name (exit $rc, see $log)")
+  fi
+  grep '^not ok ' "$log" | sed "s|^|$name: |" | while read -r l; do echo "  FAIL $l"; done
+  if grep -q '^not ok ' "$log"; then failures+=("$name (see $log)"); fi
+  passed=$((passed + ok))
+  failed=$((failed + bad))
+  printf '%-28s %3d passed, %d failed\n' "$name" "$ok" "$bad"
+}
+
+echo "== reference data (PyTorch $($PY -c 'import torch; print(torch.__version__)' 2>/dev/null || echo missing))"
+if ! $PY tests/reference/make_reference.py "$RESNETD_REF_DIR" > "$build/test-logs/reference.log" 2>&1; then
+  echo "  FAIL reference generation, see $build/test-logs/reference.log"
+  tail -n 20 "$build/test-logs/reference.log"
+  failed=$((failed + 1))
+  failures+=("reference generation")
+fi
+
+echo "== C unit tests"
+for bin in "$build"/tests/test_*; do
+  [ -x "$bin" ] || continue
+  name=$(basename "$bin")
+  log="$build/test-logs/$name.log"
+  CMOCKA_MESSAGE_OUTPUT=TAP "$bin" > "$log" 2>&1
+  count_tap "$name" "$log" $?
+done
+
+if [ "$mode" = all ]; then
+  echo "== Python tests"
+  while IFS= read -r t; do
+    name=$(basename "$t" .py)
+    log="$build/test-logs/$name.log"
+    $PY -m unittest -v "$t" > "$log" 2>&1
+    rc=$?
+    ok=$(grep -cE ' \.\.\. ok$' "$log")
+    bad=$(grep -cE ' \.\.\. (FAIL|ERROR)$' "$log")
+    if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
+    [ "$bad" -gt 0 ] && { failures+=("$name (see $log)"); grep -E ' \.\.\. (FAIL|ERROR)$' "$log" | sed 's/^/  FAIL /'; }
+    passed=$((passed + ok)); failed=$((failed + bad))
+    printf '%-28s %3d passed, %d failed\n' "$name" "$ok" "$bad"
+  done < <(find tests -name 'test_*.py' | sort)
+fi
+
+echo
+if [ ${#failures[@]} -gt 0 ]; then
+  echo "Failures:"; printf '  %s\n' "${failures[@]}"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
