@@ -1,0 +1,580 @@
+/*
+ * kernels.c: convolution (im2col + sgemm), BatchNorm, ReLU, pooling, dense,
+ * dropout and softmax cross-entropy, forward and backward (see kernels.h).
+ */
+#include "kernels.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Rows of im2col per workspace chunk: large enough for efficient sgemm, small
+ * enough that the column buffer stays in the last-level cache's neighbourhood. */
+#define CONV_CHUNK_FLOATS (4u << 20)
+
+int conv_shape_init(ConvShape *s, int n, int h, int w, int cin, int cout, int k, int stride,
+                    int pad)
+{
+    s->n = n; s->h = h; s->w = w; s->cin = cin;
+    s->cout = cout; s->k = k; s->stride = stride; s->pad = pad;
+    s->oh = (h + 2 * pad - k) / stride + 1;
+    s->ow = (w + 2 * pad - k) / stride + 1;
+    if (h + 2 * pad < k || w + 2 * pad < k || s->oh <= 0 || s->ow <= 0)
+        return -1;
+    return 0;
+}
+
+static int conv_is_pointwise(const ConvShape *s)
+{
+    return s->k == 1 && s->stride == 1 && s->pad == 0;
+}
+
+/* Images per workspace chunk (at least one). */
+static int conv_chunk_images(const ConvShape *s)
+{
+    size_t per_image = (size_t)s->oh * s->ow * s->k * s->k * s->cin;
+    size_t imgs = CONV_CHUNK_FLOATS / (per_image ? per_image : 1);
+    if (imgs < 1) imgs = 1;
+    if (imgs > (size_t)s->n) imgs = (size_t)s->n;
+    return (int)imgs;
+}
+
+size_t conv_workspace_floats(const ConvShape *s)
+{
+    if (conv_is_pointwise(s))
+        return 0;
+    return (size_t)conv_chunk_images(s) * s->oh * s->ow * s->k * s->k * s->cin;
+}
+
+/* col[(img, oh, ow)][(i, j, ci)] for images n0 .. n0+nimg-1 of x. */
+static void im2col(float *col, const float *x, const ConvShape *s, int n0, int nimg)
+{
+    const int k = s->k, cin = s->cin, K = k * k * cin;
+    const size_t rowbytes = (size_t)cin * sizeof(float);
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int img = 0; img < nimg; img++) {
+        for (int oy = 0; oy < s->oh; oy++) {
+            const float *xi = x + (size_t)(n0 + img) * s->h * s->w * cin;
+            float *row = col + ((size_t)img * s->oh + oy) * s->ow * K;
+            for (int ox = 0; ox < s->ow; ox++, row += K) {
+                for (int i = 0; i < k; i++) {
+                    int iy = oy * s->stride - s->pad + i;
+                    float *dst = row + (size_t)i * k * cin;
+                    if (iy < 0 || iy >= s->h) {
+                        memset(dst, 0, rowbytes * k);
+                        continue;
+                    }
+                    for (int j = 0; j < k; j++) {
+                        int ix = ox * s->stride - s->pad + j;
+                        if (ix < 0 || ix >= s->w)
+                            memset(dst + (size_t)j * cin, 0, rowbytes);
+                        else
+                            memcpy(dst + (size_t)j * cin, xi + ((size_t)iy * s->w + ix) * cin,
+                                   rowbytes);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* dx (images n0..) = gather-sum of dcol; each input pixel sums the columns that
+ * read it, so threads never write the same element. */
+static void col2im(float *dx, const float *dcol, const ConvShape *s, int n0, int nimg,
+                   int accumulate)
+{
+    const int k = s->k, cin = s->cin, K = k * k * cin, st = s->stride;
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int img = 0; img < nimg; img++) {
+        for (int iy = 0; iy < s->h; iy++) {
+            float *dxi = dx + ((size_t)(n0 + img) * s->h + iy) * s->w * cin;
+            const float *dci = dcol + (size_t)img * s->oh * s->ow * K;
+            for (int ix = 0; ix < s->w; ix++) {
+                float *d = dxi + (size_t)ix * cin;
+                if (!accumulate)
+                    memset(d, 0, (size_t)cin * sizeof(float));
+                for (int i = 0; i < k; i++) {
+                    int ty = iy + s->pad - i;
+                    if (ty < 0 || ty % st) continue;
+                    int oy = ty / st;
+                    if (oy >= s->oh) continue;
+                    for (int j = 0; j < k; j++) {
+                        int tx = ix + s->pad - j;
+                        if (tx < 0 || tx % st) continue;
+                        int ox = tx / st;
+                        if (ox >= s->ow) continue;
+                        const float *src = dci + ((size_t)oy * s->ow + ox) * K +
+                                           ((size_t)i * k + j) * cin;
+                        for (int c = 0; c < cin; c++)
+                            d[c] += src[c];
+                    }
+                }
+            }
+        }
+    }
+}
+
+static void add_bias_rows(float *y, const float *b, int64_t m, int c)
+{
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < m; r++)
+        memcpy(y + r * c, b, (size_t)c * sizeof(float));
+}
+
+void conv2d_forward(float *y, const float *x, const float *w, const float *b,
+                    const ConvShape *s, float *ws)
+{
+    const int K = s->k * s->k * s->cin;
+    const int64_t m = (int64_t)s->n * s->oh * s->ow;
+    float beta = 0.0f;
+    if (b) {
+        add_bias_rows(y, b, m, s->cout);
+        beta = 1.0f;
+    }
+    if (conv_is_pointwise(s)) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, s->cout, K, 1.0f, x, K,
+                    w, s->cout, beta, y, s->cout);
+        return;
+    }
+    const int chunk = conv_chunk_images(s);
+    const int64_t rows_per_img = (int64_t)s->oh * s->ow;
+    for (int n0 = 0; n0 < s->n; n0 += chunk) {
+        int nimg = s->n - n0 < chunk ? s->n - n0 : chunk;
+        im2col(ws, x, s, n0, nimg);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(nimg * rows_per_img),
+                    s->cout, K, 1.0f, ws, K, w, s->cout, beta,
+                    y + n0 * rows_per_img * s->cout, s->cout);
+    }
+}
+
+/* db[c] += sum over rows of dy[r][c]. */
+static void sum_rows_add(float *db, const float *dy, int64_t m, int c)
+{
+    double *acc = calloc((size_t)c, sizeof(double));
+    if (!acc) { /* fall back to float accumulation: correct, slightly less precise */
+        for (int64_t r = 0; r < m; r++)
+            for (int j = 0; j < c; j++)
+                db[j] += dy[r * c + j];
+        return;
+    }
+    for (int64_t r = 0; r < m; r++) {
+        const float *row = dy + r * c;
+        for (int j = 0; j < c; j++)
+            acc[j] += row[j];
+    }
+    for (int j = 0; j < c; j++)
+        db[j] += (float)acc[j];
+    free(acc);
+}
+
+void conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                     const float *w, const ConvShape *s, float *ws, int accumulate_dx)
+{
+    const int K = s->k * s->k * s->cin;
+    const int64_t m = (int64_t)s->n * s->oh * s->ow;
+    if (db)
+        sum_rows_add(db, dy, m, s->cout);
+    if (conv_is_pointwise(s)) {
+        if (dw)
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, s->cout, (int)m, 1.0f, x, K,
+                        dy, s->cout, 1.0f, dw, s->cout);
+        if (dx)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)m, K, s->cout, 1.0f, dy,
+                        s->cout, w, s->cout, accumulate_dx ? 1.0f : 0.0f, dx, K);
+        return;
+    }
+    const int chunk = conv_chunk_images(s);
+    const int64_t rows_per_img = (int64_t)s->oh * s->ow;
+    for (int n0 = 0; n0 < s->n; n0 += chunk) {
+        int nimg = s->n - n0 < chunk ? s->n - n0 : chunk;
+        int rows = (int)(nimg * rows_per_img);
+        const float *dyc = dy + n0 * rows_per_img * s->cout;
+        if (dw) {
+            im2col(ws, x, s, n0, nimg);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, s->cout, rows, 1.0f, ws, K,
+                        dyc, s->cout, 1.0f, dw, s->cout);
+        }
+        if (dx) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, K, s->cout, 1.0f, dyc,
+                        s->cout, w, s->cout, 0.0f, ws, K);
+            col2im(dx, ws, s, n0, nimg, accumulate_dx);
+        }
+    }
+}
+
+/* Per-thread partial sums over row blocks, combined in double. */
+void batchnorm_stats(float *mean, float *var, const float *x, int64_t m, int c)
+{
+    double *sum = calloc((size_t)c * 2, sizeof(double));
+    double *sq = sum + c;
+    if (!sum) abort(); /* c is at most 2048: 32 KiB; failure here is not recoverable */
+    #pragma omp parallel
+    {
+        double *ls = calloc((size_t)c, sizeof(double));
+        if (!ls) abort();
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++) {
+            const float *row = x + r * c;
+            for (int j = 0; j < c; j++)
+                ls[j] += row[j];
+        }
+        #pragma omp critical
+        for (int j = 0; j < c; j++)
+            sum[j] += ls[j];
+        #pragma omp barrier
+        memset(ls, 0, (size_t)c * sizeof(double));
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++) {
+            const float *row = x + r * c;
+            for (int j = 0; j < c; j++) {
+                double d = row[j] - sum[j] / (double)m;
+                ls[j] += d * d;
+            }
+        }
+        #pragma omp critical
+        for (int j = 0; j < c; j++)
+            sq[j] += ls[j];
+        free(ls);
+    }
+    for (int j = 0; j < c; j++) {
+        mean[j] = (float)(sum[j] / (double)m);
+        var[j] = (float)(sq[j] / (double)m);
+    }
+    free(sum);
+}
+
+void batchnorm_apply(float *y, const float *x, const float *mean, const float *invstd,
+                     const float *gamma, const float *beta, int64_t m, int c, int relu)
+{
+    float *scale = malloc((size_t)c * 2 * sizeof(float));
+    if (!scale) abort();
+    float *shift = scale + c;
+    for (int j = 0; j < c; j++) {
+        scale[j] = gamma[j] * invstd[j];
+        shift[j] = beta[j] - mean[j] * scale[j];
+    }
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < m; r++) {
+        const float *xr = x + r * c;
+        float *yr = y + r * c;
+        if (relu) {
+            for (int j = 0; j < c; j++) {
+                float v = xr[j] * scale[j] + shift[j];
+                yr[j] = v > 0.0f ? v : 0.0f;
+            }
+        } else {
+            for (int j = 0; j < c; j++)
+                yr[j] = xr[j] * scale[j] + shift[j];
+        }
+    }
+    free(scale);
+}
+
+void batchnorm_apply_add_relu(float *out, const float *x, const float *mean, const float *invstd,
+                              const float *gamma, const float *beta, const float *residual,
+                              int64_t m, int c)
+{
+    float *scale = malloc((size_t)c * 2 * sizeof(float));
+    if (!scale) abort();
+    float *shift = scale + c;
+    for (int j = 0; j < c; j++) {
+        scale[j] = gamma[j] * invstd[j];
+        shift[j] = beta[j] - mean[j] * scale[j];
+    }
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < m; r++) {
+        const float *xr = x + r * c, *rr = residual + r * c;
+        float *yr = out + r * c;
+        for (int j = 0; j < c; j++) {
+            float v = xr[j] * scale[j] + shift[j] + rr[j];
+            yr[j] = v > 0.0f ? v : 0.0f;
+        }
+    }
+    free(scale);
+}
+
+void batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
+                        const float *relu_out, const float *x, const float *mean,
+                        const float *invstd, const float *gamma, int64_t m, int c,
+                        int batch_stats)
+{
+    /* sums: s1 = sum dy, s2 = sum dy * xhat (dy masked by the ReLU when given) */
+    double *s1 = calloc((size_t)c * 2, sizeof(double));
+    if (!s1) abort();
+    double *s2 = s1 + c;
+    #pragma omp parallel
+    {
+        double *l1 = calloc((size_t)c * 2, sizeof(double));
+        if (!l1) abort();
+        double *l2 = l1 + c;
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < m; r++) {
+            const float *dyr = dy + r * c, *xr = x + r * c;
+            const float *yr = relu_out ? relu_out + r * c : NULL;
+            for (int j = 0; j < c; j++) {
+                float g = (yr && !(yr[j] > 0.0f)) ? 0.0f : dyr[j];
+                l1[j] += g;
+                l2[j] += g * (xr[j] - mean[j]) * invstd[j];
+            }
+        }
+        #pragma omp critical
+        for (int j = 0; j < c; j++) {
+            s1[j] += l1[j];
+            s2[j] += l2[j];
+        }
+        free(l1);
+    }
+    if (dgamma)
+        for (int j = 0; j < c; j++)
+            dgamma[j] += (float)s2[j];
+    if (dbeta)
+        for (int j = 0; j < c; j++)
+            dbeta[j] += (float)s1[j];
+    if (dx) {
+        float *k1 = malloc((size_t)c * 3 * sizeof(float));
+        if (!k1) abort();
+        float *k2 = k1 + c, *k3 = k2 + c;
+        for (int j = 0; j < c; j++) {
+            float gi = gamma[j] * invstd[j];
+            if (batch_stats) {
+                /* dx = g*is * (dy - s1/m - xhat * s2/m) */
+                k1[j] = gi;
+                k2[j] = (float)(s1[j] / (double)m);
+                k3[j] = (float)(s2[j] / (double)m) * invstd[j];
+            } else {
+                k1[j] = gi;
+                k2[j] = 0.0f;
+                k3[j] = 0.0f;
+            }
+        }
+        #pragma omp parallel for schedule(static)
+        for (int64_t r = 0; r < m; r++) {
+            const float *dyr = dy + r * c, *xr = x + r * c;
+            const float *yr = relu_out ? relu_out + r * c : NULL;
+            float *dxr = dx + r * c;
+            for (int j = 0; j < c; j++) {
+                float g = (yr && !(yr[j] > 0.0f)) ? 0.0f : dyr[j];
+                dxr[j] = k1[j] * (g - k2[j] - (xr[j] - mean[j]) * k3[j]);
+            }
+        }
+        free(k1);
+    }
+    free(s1);
+}
+
+void relu_forward(float *y, const float *x, int64_t n)
+{
+    #pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+void relu_backward(float *dx, const float *dy, const float *y, int64_t n)
+{
+    #pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; i++)
+        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+void relu_mask(float *d, const float *y, int64_t n)
+{
+    relu_backward(d, d, y, n);
+}
+
+void maxpool_forward(float *y, int32_t *argmax, const float *x, int n, int h, int w, int c,
+                     int k, int s, int p, int oh, int ow)
+{
+    #pragma omp parallel for collapse(2) schedule(static)
+    for (int img = 0; img < n; img++) {
+        for (int oy = 0; oy < oh; oy++) {
+            const float *xi = x + (size_t)img * h * w * c;
+            for (int ox = 0; ox < ow; ox++) {
+                size_t o = (((size_t)img * oh + oy) * ow + ox) * c;
+                for (int ch = 0; ch < c; ch++) {
+                    float best = -INFINITY;
+                    int32_t bi = -1;
+                    for (int i = 0; i < k; i++) {
+                        int iy = oy * s - p + i;
+                        if (iy < 0 || iy >= h) continue;
+                        for (int j = 0; j < k; j++) {
+                            int ix = ox * s - p + j;
+                            if (ix < 0 || ix >= w) continue;
+                            int32_t idx = (int32_t)(((size_t)iy * w + ix) * c + ch);
+                            float v = xi[idx];
+                            /* first maximum wins, as in PyTorch; NaN propagates */
+                            if (v > best || isnan(v) || bi < 0) {
+                                best = v;
+                                bi = idx;
+                                if (isnan(v)) goto done;
+                            }
+                        }
+                    }
+                done:
+                    y[o + ch] = best;
+                    argmax[o + ch] = bi;
+                }
+            }
+        }
+    }
+}
+
+void maxpool_backward(float *dx, const float *dy, const int32_t *argmax, int n, int h, int w,
+                      int c, int oh, int ow)
+{
+    #pragma omp parallel for schedule(static)
+    for (int img = 0; img < n; img++) {
+        float *dxi = dx + (size_t)img * h * w * c;
+        memset(dxi, 0, (size_t)h * w * c * sizeof(float));
+        const float *dyi = dy + (size_t)img * oh * ow * c;
+        const int32_t *ai = argmax + (size_t)img * oh * ow * c;
+        for (size_t o = 0; o < (size_t)oh * ow * c; o++)
+            dxi[ai[o]] += dyi[o];
+    }
+}
+
+void avgpool_forward(float *y, const float *x, int n, int hw, int c)
+{
+    #pragma omp parallel for schedule(static)
+    for (int img = 0; img < n; img++) {
+        float *yi = y + (size_t)img * c;
+        const float *xi = x + (size_t)img * hw * c;
+        for (int j = 0; j < c; j++) yi[j] = 0.0f;
+        for (int p = 0; p < hw; p++)
+            for (int j = 0; j < c; j++)
+                yi[j] += xi[(size_t)p * c + j];
+        for (int j = 0; j < c; j++) yi[j] /= (float)hw;
+    }
+}
+
+void avgpool_backward(float *dx, const float *dy, int n, int hw, int c)
+{
+    #pragma omp parallel for schedule(static)
+    for (int img = 0; img < n; img++) {
+        const float *dyi = dy + (size_t)img * c;
+        float *dxi = dx + (size_t)img * hw * c;
+        for (int p = 0; p < hw; p++)
+            for (int j = 0; j < c; j++)
+                dxi[(size_t)p * c + j] = dyi[j] / (float)hw;
+    }
+}
+
+void dense_forward(float *y, const float *x, const float *w, const float *b, int n, int in,
+                   int out)
+{
+    float beta = 0.0f;
+    if (b) {
+        add_bias_rows(y, b, n, out);
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, out, in, 1.0f, x, in, w, out,
+                beta, y, out);
+}
+
+void dense_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                    const float *w, int n, int in, int out)
+{
+    if (dw)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, in, out, n, 1.0f, x, in, dy, out,
+                    1.0f, dw, out);
+    if (db)
+        sum_rows_add(db, dy, n, out);
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, in, out, 1.0f, dy, out, w, out,
+                    0.0f, dx, in);
+}
+
+void dropout_forward(float *y, float *mask, const float *x, int64_t n, float p, Rng *rng)
+{
+    if (p <= 0.0f) {
+        for (int64_t i = 0; i < n; i++) {
+            mask[i] = 1.0f;
+            y[i] = x[i];
+        }
+        return;
+    }
+    const float keep_scale = 1.0f / (1.0f - p);
+    for (int64_t i = 0; i < n; i++) {
+        mask[i] = rng_uniform(rng) < p ? 0.0f : keep_scale;
+        y[i] = x[i] * mask[i];
+    }
+}
+
+double softmax_xent(float *dlogits, float *probs, const float *logits, const int *labels,
+                    const float *class_weight, int n, int c, float smoothing)
+{
+    double wsum = 0.0, nll = 0.0, smooth = 0.0;
+    double cw_total = 0.0;
+    for (int j = 0; j < c; j++)
+        cw_total += class_weight ? class_weight[j] : 1.0;
+    for (int i = 0; i < n; i++)
+        wsum += class_weight ? class_weight[labels[i]] : 1.0;
+    for (int i = 0; i < n; i++) {
+        const float *z = logits + (size_t)i * c;
+        double mx = z[0];
+        for (int j = 1; j < c; j++) if (z[j] > mx) mx = z[j];
+        double se = 0.0;
+        for (int j = 0; j < c; j++) se += exp((double)z[j] - mx);
+        double lse = mx + log(se);
+        int y = labels[i];
+        double wy = class_weight ? class_weight[y] : 1.0;
+        nll += wy * (lse - z[y]);
+        for (int j = 0; j < c; j++)
+            smooth += (class_weight ? class_weight[j] : 1.0) * (lse - z[j]);
+        for (int j = 0; j < c; j++) {
+            double pj = exp((double)z[j] - lse);
+            if (probs) probs[(size_t)i * c + j] = (float)pj;
+            if (dlogits) {
+                double wj = class_weight ? class_weight[j] : 1.0;
+                double g = (1.0 - smoothing) * wy * (pj - (j == y ? 1.0 : 0.0));
+                g += smoothing / c * (pj * cw_total - wj);
+                dlogits[(size_t)i * c + j] = (float)(g / wsum);
+            }
+        }
+    }
+    return (1.0 - smoothing) * nll / wsum + smoothing / c * smooth / wsum;
+}
+
+void conv2d_forward_naive(float *y, const float *x, const float *w, const float *b,
+                          const ConvShape *s)
+{
+    for (int img = 0; img < s->n; img++)
+        for (int oy = 0; oy < s->oh; oy++)
+            for (int ox = 0; ox < s->ow; ox++)
+                for (int co = 0; co < s->cout; co++) {
+                    double acc = b ? b[co] : 0.0;
+                    for (int i = 0; i < s->k; i++)
+                        for (int j = 0; j < s->k; j++) {
+                            int iy = oy * s->stride - s->pad + i, ix = ox * s->stride - s->pad + j;
+                            if (iy < 0 || iy >= s->h || ix < 0 || ix >= s->w) continue;
+                            for (int ci = 0; ci < s->cin; ci++)
+                                acc += (double)x[(((size_t)img * s->h + iy) * s->w + ix) * s->cin + ci] *
+                                       w[(((size_t)i * s->k + j) * s->cin + ci) * s->cout + co];
+                        }
+                    y[(((size_t)img * s->oh + oy) * s->ow + ox) * s->cout + co] = (float)acc;
+                }
+}
+
+void conv2d_backward_naive(float *dx, float *dw, float *db, const float *dy, const float *x,
+                           const float *w, const ConvShape *s)
+{
+    if (dx) memset(dx, 0, (size_t)s->n * s->h * s->w * s->cin * sizeof(float));
+    for (int img = 0; img < s->n; img++)
+        for (int oy = 0; oy < s->oh; oy++)
+            for (int ox = 0; ox < s->ow; ox++)
+                for (int co = 0; co < s->cout; co++) {
+                    float g = dy[(((size_t)img * s->oh + oy) * s->ow + ox) * s->cout + co];
+                    if (db) db[co] += g;
+                    for (int i = 0; i < s->k; i++)
+                        for (int j = 0; j < s->k; j++) {
+                            int iy = oy * s->stride - s->pad + i, ix = ox * s->stride - s->pad + j;
+                            if (iy < 0 || iy >= s->h || ix < 0 || ix >= s->w) continue;
+                            for (int ci = 0; ci < s->cin; ci++) {
+                                size_t xi = (((size_t)img * s->h + iy) * s->w + ix) * s->cin + ci;
+                                size_t wi = (((size_t)i * s->k + j) * s->cin + ci) * s->cout + co;
+                                if (dw) dw[wi] += g * x[xi];
+                                if (dx) dx[xi] += g * w[wi];
+                            }
+                        }
+                }
+}

@@ -1,0 +1,151 @@
+/*
+ * resnet.h: the ResNet50 graph, forward and backward, with a replaceable head.
+ *
+ * Two variants share one graph (REFERENCE.md):
+ *   RESNET_TORCHVISION  v1.5: stride on the 3x3 conv, no conv bias, BN eps 1e-5
+ *   RESNET_KERAS        v1:   stride on the first 1x1 conv, conv bias, BN eps 1.001e-5
+ * Head: global average pool -> [dense(hidden) -> ReLU] -> dropout -> dense(classes).
+ *
+ * Memory: parameters (with BN running statistics), gradients, and activations
+ * each live in one allocation with named views. Activations are planned once per
+ * (batch, input size) by resnet_plan.
+ *
+ * Names: every parameter has a canonical torchvision-style name
+ * ("layer1.0.conv1.weight", "bn1.running_mean", "fc.weight", "head.hidden.weight",
+ * and for the Keras variant also "layer1.0.conv1.bias"); every layer also knows its
+ * Keras name ("conv2_block1_1_conv"). Internal layouts: conv weights HWIO
+ * (k, k, cin, cout), dense weights (in, out).
+ *
+ * Threading: a Resnet is used by one thread at a time.
+ */
+#ifndef RESNETD_RESNET_H
+#define RESNETD_RESNET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "kernels.h"
+#include "rng.h"
+
+typedef enum { RESNET_TORCHVISION = 0, RESNET_KERAS = 1 } ResnetVariant;
+
+typedef struct {
+    ResnetVariant variant;
+    int num_classes;   /* >= 1 */
+    int hidden;        /* units of the hidden dense layer; 0 for none */
+    float dropout;     /* dropout before the last dense layer, in [0, 1) */
+} ResnetConfig;
+
+typedef enum { LAYER_CONV, LAYER_BN, LAYER_DENSE } LayerKind;
+
+typedef struct {
+    char name[40];        /* torchvision-style: "layer1.0.conv1", "bn1", "fc" */
+    char keras_name[40];  /* "conv2_block1_1_conv", "conv1_bn", "predictions" */
+    LayerKind kind;
+    int trainable;        /* parameters receive gradients and optimizer updates */
+    int batch_stats;      /* BN only: use batch statistics when training (train mode) */
+    int k, stride, pad, cin, cout, has_bias; /* conv; dense uses cin/cout/has_bias */
+    float eps;                               /* BN */
+    float *w, *b;         /* conv/dense weight and bias; BN gamma and beta */
+    float *dw, *db;       /* their gradients */
+    float *rmean, *rvar;  /* BN running statistics */
+    float *mean, *invstd; /* BN statistics used by the last forward (activation arena) */
+    ConvShape shape;      /* conv geometry for the planned batch and size */
+} Layer;
+
+typedef enum {
+    PARAM_WEIGHT, PARAM_BIAS, PARAM_RUNNING_MEAN, PARAM_RUNNING_VAR
+} ParamRole;
+
+typedef struct {
+    char name[56];        /* canonical name, e.g. "layer1.0.bn1.running_var" */
+    ParamRole role;
+    int layer;            /* index into Resnet.layers */
+    int ndim;
+    int shape[4];         /* internal layout */
+    size_t offset, numel; /* into Resnet.param_data and Resnet.grad_data */
+} ParamInfo;
+
+typedef struct {
+    int c1, b1, c2, b2, c3, b3, cd, bd; /* layer indices; cd/bd are -1 without a shortcut conv */
+    int h, w, oh, ow;                   /* input and output spatial size */
+    float *z1, *a1, *z2, *a2, *z3, *zd, *out;
+} Block;
+
+#define RESNET_MAX_LAYERS 112
+#define RESNET_MAX_PARAMS 336
+#define RESNET_BLOCKS 16
+
+typedef struct Resnet {
+    ResnetConfig cfg;
+    int n_layers;
+    Layer layers[RESNET_MAX_LAYERS];
+    int n_params;
+    ParamInfo params[RESNET_MAX_PARAMS];
+    float *param_data;   /* every parameter and running statistic, one allocation */
+    float *grad_data;    /* same layout; running statistics have no gradient */
+    size_t n_floats;
+    Block blocks[RESNET_BLOCKS];
+    int stem_conv, stem_bn, hidden_fc, out_fc; /* layer indices (hidden_fc -1 if none) */
+
+    /* plan */
+    int batch, size, cur_n;
+    float *arena;
+    size_t arena_floats;
+    int s1, s2;          /* stem conv output size, pool output size */
+    int feat_hw;         /* spatial size of the last feature map */
+    float *stem_z, *stem_a, *pool;
+    int32_t *pool_arg;
+    float *feat, *hid, *drop_in, *drop_mask, *logits, *probs, *dlogits, *dfeat, *dhid;
+    float *g[3];         /* backward scratch, each the size of the largest activation */
+    float *ws;           /* conv workspace */
+    const float *input;  /* borrowed from resnet_forward until resnet_backward */
+    int trained_forward; /* last forward ran in training mode */
+    Rng dropout_rng;
+} Resnet;
+
+/* Builds the graph and allocates parameters (zeros; BN gamma 1, running var 1).
+ * *out is owned by the caller and freed with resnet_free. */
+int resnet_create(Resnet **out, const ResnetConfig *cfg, Error *err);
+void resnet_free(Resnet *m);
+
+/* He-normal initialisation with a seed: convs and the hidden layer N(0, 2/fan_in),
+ * the classifier Glorot-uniform, biases 0, BN gamma 1 and beta 0, running mean 0
+ * and running var 1. The same seed gives the same weights. */
+void resnet_init_random(Resnet *m, uint64_t seed);
+
+/* Allocates activations for up to `batch` images of size x size (>= 32). Calling
+ * it again with the same values does nothing. */
+int resnet_plan(Resnet *m, int batch, int size, Error *err);
+
+/* Forward pass of n <= planned batch images x[n][size][size][3] (preprocessed).
+ * training: dropout is active and BN layers with batch_stats use (and update the
+ * running statistics from) the batch; otherwise every BN uses running statistics.
+ * x is borrowed until resnet_backward returns. Logits in m->logits ([n][classes]). */
+void resnet_forward(Resnet *m, const float *x, int n, int training);
+
+/* Softmax cross-entropy of the last forward (see softmax_xent); fills m->probs and
+ * m->dlogits. class_weight may be NULL. */
+double resnet_loss(Resnet *m, const int *labels, const float *class_weight, float smoothing);
+
+/* Adds d loss / d parameter into the gradients of trainable layers, from
+ * m->dlogits down to the lowest trainable layer; nothing below it is computed. */
+void resnet_backward(Resnet *m);
+
+void resnet_zero_grad(Resnet *m);
+
+/* Sets every layer's trainable flag (and batch_stats for BN to bn_batch_stats
+ * where trainable, 0 elsewhere). */
+void resnet_set_trainable_all(Resnet *m, int trainable, int bn_batch_stats);
+
+/* Index of the layer / parameter with this canonical (or Keras, for layers) name, or -1. */
+int resnet_find_layer(const Resnet *m, const char *name);
+int resnet_find_param(const Resnet *m, const char *name);
+
+/* Total number of parameters (weights and biases, not running statistics). */
+size_t resnet_param_count(const Resnet *m);
+
+const char *resnet_variant_name(ResnetVariant v);
+
+#endif

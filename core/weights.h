@@ -1,0 +1,59 @@
+/*
+ * weights.h: loading and saving a Resnet's parameters as safetensors.
+ *
+ * Two naming schemes are read, detected from the tensor names:
+ *   torch: torchvision/timm state-dict names ("conv1.weight", "layer1.0.bn1.running_mean",
+ *          "layer1.0.downsample.0.weight", "fc.weight"), conv OIHW, dense (out, in);
+ *          "num_batches_tracked" entries are accepted and ignored.
+ *   keras: Keras layer names ("conv1_conv.kernel", "conv2_block1_1_bn.moving_variance",
+ *          "predictions.kernel"; "/" or "." as separator, an optional ":0" suffix and a
+ *          repeated layer group as h5 paths have them), conv HWIO, dense (in, out).
+ * The variant follows the naming (torch -> torchvision v1.5, keras -> Keras v1);
+ * a "variant" metadata entry must agree. Metadata "preprocess" says which input
+ * normalisation the weights expect (default: "torch" for torchvision, "caffe" for
+ * Keras). A file without the head ("fc"/"predictions") holds the backbone only.
+ */
+#ifndef RESNETD_WEIGHTS_H
+#define RESNETD_WEIGHTS_H
+
+#include "error.h"
+#include "resnet.h"
+
+typedef enum { NAMING_TORCH, NAMING_KERAS } WeightsNaming;
+
+typedef struct {
+    ResnetVariant variant;
+    WeightsNaming naming;
+    char preprocess[16];    /* "torch", "caffe", "tf", "custom" ... */
+    int has_head;           /* the file carries a classifier */
+    int head_classes;       /* its number of classes */
+    int head_hidden;        /* units of its hidden layer, 0 for none */
+    int n_tensors;          /* entries in the file (including ignored ones) */
+    size_t n_params;        /* parameters (weights and biases) in the file's model */
+    char classes[8192];     /* metadata "classes" (a JSON array) or "" */
+} WeightsInfo;
+
+/* Reads the header of path and describes it. */
+int weights_probe(const char *path, WeightsInfo *info, Error *err);
+
+/* Loads every backbone tensor of path into m (whose variant must match the
+ * file's) and, when load_head, the head too (its shape must match m's head).
+ * Every tensor is validated (missing, wrong shape, unexpected name) before m is
+ * changed: on error m is untouched. */
+int weights_load(Resnet *m, const char *path, int load_head, Error *err);
+
+/* What to write: the parameters, or (for tests) their gradients in the same layout. */
+typedef enum { WEIGHTS_PARAMS, WEIGHTS_GRADS } WeightsSource;
+
+/* Writes m's parameters (or gradients) in the naming's layout with metadata
+ * format/variant/preprocess plus the extra pairs meta_kv[2*i], meta_kv[2*i+1]
+ * (n_meta pairs). Atomic (temporary file, fsync, rename). */
+int weights_save(const Resnet *m, const char *path, WeightsNaming naming, WeightsSource source,
+                 const char *preprocess, const char *const *meta_kv, int n_meta, Error *err);
+
+/* The file name of canonical parameter p under naming (buffer of size len). */
+void weights_file_name(const Resnet *m, int param, WeightsNaming naming, char *out, size_t len);
+
+const char *weights_naming_name(WeightsNaming n);
+
+#endif
