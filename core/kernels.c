@@ -203,45 +203,78 @@ void conv2d_backward(float *dx, float *dw, float *db, const float *dy, const flo
     }
 }
 
-/* Per-thread partial sums over row blocks, combined in double. */
+/* Rows per float partial sum: short enough that float accumulation stays exact to
+ * ~1e-7 relative, long enough to vectorise; partials are combined in double. */
+#define BN_CHUNK 64
+
 void batchnorm_stats(float *mean, float *var, const float *x, int64_t m, int c)
 {
-    double *sum = calloc((size_t)c * 2, sizeof(double));
-    double *sq = sum + c;
-    if (!sum) abort(); /* c is at most 2048: 32 KiB; failure here is not recoverable */
+    double *sum = calloc((size_t)c * 3, sizeof(double));
+    float *meanf = malloc((size_t)c * sizeof(float));
+    if (!sum || !meanf) abort(); /* c <= 2048: tens of KiB; not recoverable */
+    double *sq = sum + c, *sd = sum + 2 * c;
+    const int64_t nchunks = (m + BN_CHUNK - 1) / BN_CHUNK;
     #pragma omp parallel
     {
-        double *ls = calloc((size_t)c, sizeof(double));
-        if (!ls) abort();
+        double *ld = calloc((size_t)c, sizeof(double));
+        float *lf = malloc((size_t)c * sizeof(float));
+        if (!ld || !lf) abort();
         #pragma omp for schedule(static)
-        for (int64_t r = 0; r < m; r++) {
-            const float *row = x + r * c;
-            for (int j = 0; j < c; j++)
-                ls[j] += row[j];
-        }
-        #pragma omp critical
-        for (int j = 0; j < c; j++)
-            sum[j] += ls[j];
-        #pragma omp barrier
-        memset(ls, 0, (size_t)c * sizeof(double));
-        #pragma omp for schedule(static)
-        for (int64_t r = 0; r < m; r++) {
-            const float *row = x + r * c;
-            for (int j = 0; j < c; j++) {
-                double d = row[j] - sum[j] / (double)m;
-                ls[j] += d * d;
+        for (int64_t ch = 0; ch < nchunks; ch++) {
+            memset(lf, 0, (size_t)c * sizeof(float));
+            int64_t r1 = (ch + 1) * BN_CHUNK < m ? (ch + 1) * BN_CHUNK : m;
+            for (int64_t r = ch * BN_CHUNK; r < r1; r++) {
+                const float *row = x + r * c;
+                for (int j = 0; j < c; j++)
+                    lf[j] += row[j];
             }
+            for (int j = 0; j < c; j++)
+                ld[j] += lf[j];
         }
         #pragma omp critical
         for (int j = 0; j < c; j++)
-            sq[j] += ls[j];
-        free(ls);
+            sum[j] += ld[j];
+        #pragma omp barrier
+        #pragma omp single
+        for (int j = 0; j < c; j++)
+            meanf[j] = (float)(sum[j] / (double)m);
+        /* second pass around the float mean: d = x - meanf is nearly exact, so
+         * sum d corrects the mean and sum d^2 gives the variance */
+        double *ld2 = calloc((size_t)c * 2, sizeof(double));
+        float *lf2 = malloc((size_t)c * 2 * sizeof(float));
+        if (!ld2 || !lf2) abort();
+        #pragma omp for schedule(static)
+        for (int64_t ch = 0; ch < nchunks; ch++) {
+            memset(lf2, 0, (size_t)c * 2 * sizeof(float));
+            int64_t r1 = (ch + 1) * BN_CHUNK < m ? (ch + 1) * BN_CHUNK : m;
+            for (int64_t r = ch * BN_CHUNK; r < r1; r++) {
+                const float *row = x + r * c;
+                for (int j = 0; j < c; j++) {
+                    float d = row[j] - meanf[j];
+                    lf2[j] += d;
+                    lf2[c + j] += d * d;
+                }
+            }
+            for (int j = 0; j < 2 * c; j++)
+                ld2[j] += lf2[j];
+        }
+        #pragma omp critical
+        for (int j = 0; j < c; j++) {
+            sd[j] += ld2[j];
+            sq[j] += ld2[c + j];
+        }
+        free(ld2);
+        free(lf2);
+        free(ld);
+        free(lf);
     }
     for (int j = 0; j < c; j++) {
-        mean[j] = (float)(sum[j] / (double)m);
-        var[j] = (float)(sq[j] / (double)m);
+        double dm = sd[j] / (double)m;
+        mean[j] = (float)(meanf[j] + dm);
+        var[j] = (float)(sq[j] / (double)m - dm * dm);
     }
     free(sum);
+    free(meanf);
 }
 
 void batchnorm_apply(float *y, const float *x, const float *mean, const float *invstd,
@@ -299,31 +332,51 @@ void batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
                         const float *invstd, const float *gamma, int64_t m, int c,
                         int batch_stats)
 {
-    /* sums: s1 = sum dy, s2 = sum dy * xhat (dy masked by the ReLU when given) */
+    /* s1 = sum g, s2 = sum g * (x - mean), g = dy masked by the ReLU when given;
+     * float partials per BN_CHUNK rows, combined in double */
     double *s1 = calloc((size_t)c * 2, sizeof(double));
     if (!s1) abort();
     double *s2 = s1 + c;
+    const int64_t nchunks = (m + BN_CHUNK - 1) / BN_CHUNK;
     #pragma omp parallel
     {
         double *l1 = calloc((size_t)c * 2, sizeof(double));
-        if (!l1) abort();
+        float *f1 = malloc((size_t)c * 2 * sizeof(float));
+        if (!l1 || !f1) abort();
         double *l2 = l1 + c;
+        float *f2 = f1 + c;
         #pragma omp for schedule(static)
-        for (int64_t r = 0; r < m; r++) {
-            const float *dyr = dy + r * c, *xr = x + r * c;
-            const float *yr = relu_out ? relu_out + r * c : NULL;
+        for (int64_t ch = 0; ch < nchunks; ch++) {
+            memset(f1, 0, (size_t)c * 2 * sizeof(float));
+            int64_t r1 = (ch + 1) * BN_CHUNK < m ? (ch + 1) * BN_CHUNK : m;
+            for (int64_t r = ch * BN_CHUNK; r < r1; r++) {
+                const float *dyr = dy + r * c, *xr = x + r * c;
+                if (relu_out) {
+                    const float *yr = relu_out + r * c;
+                    for (int j = 0; j < c; j++) {
+                        float g = yr[j] > 0.0f ? dyr[j] : 0.0f;
+                        f1[j] += g;
+                        f2[j] += g * (xr[j] - mean[j]);
+                    }
+                } else {
+                    for (int j = 0; j < c; j++) {
+                        f1[j] += dyr[j];
+                        f2[j] += dyr[j] * (xr[j] - mean[j]);
+                    }
+                }
+            }
             for (int j = 0; j < c; j++) {
-                float g = (yr && !(yr[j] > 0.0f)) ? 0.0f : dyr[j];
-                l1[j] += g;
-                l2[j] += g * (xr[j] - mean[j]) * invstd[j];
+                l1[j] += f1[j];
+                l2[j] += f2[j];
             }
         }
         #pragma omp critical
         for (int j = 0; j < c; j++) {
             s1[j] += l1[j];
-            s2[j] += l2[j];
+            s2[j] += l2[j] * invstd[j];
         }
         free(l1);
+        free(f1);
     }
     if (dgamma)
         for (int j = 0; j < c; j++)
@@ -336,26 +389,24 @@ void batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
         if (!k1) abort();
         float *k2 = k1 + c, *k3 = k2 + c;
         for (int j = 0; j < c; j++) {
-            float gi = gamma[j] * invstd[j];
-            if (batch_stats) {
-                /* dx = g*is * (dy - s1/m - xhat * s2/m) */
-                k1[j] = gi;
-                k2[j] = (float)(s1[j] / (double)m);
-                k3[j] = (float)(s2[j] / (double)m) * invstd[j];
-            } else {
-                k1[j] = gi;
-                k2[j] = 0.0f;
-                k3[j] = 0.0f;
-            }
+            /* train mode: dx = gamma*invstd * (g - s1/m - xhat * s2/m) */
+            k1[j] = gamma[j] * invstd[j];
+            k2[j] = batch_stats ? (float)(s1[j] / (double)m) : 0.0f;
+            k3[j] = batch_stats ? (float)(s2[j] / (double)m) * invstd[j] : 0.0f;
         }
         #pragma omp parallel for schedule(static)
         for (int64_t r = 0; r < m; r++) {
             const float *dyr = dy + r * c, *xr = x + r * c;
-            const float *yr = relu_out ? relu_out + r * c : NULL;
             float *dxr = dx + r * c;
-            for (int j = 0; j < c; j++) {
-                float g = (yr && !(yr[j] > 0.0f)) ? 0.0f : dyr[j];
-                dxr[j] = k1[j] * (g - k2[j] - (xr[j] - mean[j]) * k3[j]);
+            if (relu_out) {
+                const float *yr = relu_out + r * c;
+                for (int j = 0; j < c; j++) {
+                    float g = yr[j] > 0.0f ? dyr[j] : 0.0f;
+                    dxr[j] = k1[j] * (g - k2[j] - (xr[j] - mean[j]) * k3[j]);
+                }
+            } else {
+                for (int j = 0; j < c; j++)
+                    dxr[j] = k1[j] * (dyr[j] - k2[j] - (xr[j] - mean[j]) * k3[j]);
             }
         }
         free(k1);

@@ -126,7 +126,7 @@ int resnet_create(Resnet **out, const ResnetConfig *cfg, Error *err)
         for (int b = 0; b < STAGE_BLOCKS[s]; b++, bi++) {
             Block *blk = &m->blocks[bi];
             int stride = (b == 0 && s > 0) ? 2 : 1;
-            char tv[40], kn[40], base_tv[24], base_k[24];
+            char tv[80], kn[80], base_tv[32], base_k[32];
             snprintf(base_tv, sizeof base_tv, "layer%d.%d", s + 1, b);
             snprintf(base_k, sizeof base_k, "conv%d_block%d", s + 2, b + 1);
 #define NAMES(tsuf, ksuf) (snprintf(tv, sizeof tv, "%s.%s", base_tv, tsuf), \
