@@ -4,6 +4,7 @@
  */
 #include "weights.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,6 +149,37 @@ static int index_find(const FileIndex *fi, const char *name)
     return -1;
 }
 
+static void shape_str(char *out, size_t len, const int64_t *shape, int ndim)
+{
+    size_t o = 0;
+    o += (size_t)snprintf(out + o, len - o, "[");
+    for (int i = 0; i < ndim && o < len; i++)
+        o += (size_t)snprintf(out + o, len - o, "%s%lld", i ? ", " : "", (long long)shape[i]);
+    if (o < len)
+        snprintf(out + o, len - o, "]");
+}
+
+/* Features the backbone hands to the head. */
+#define BACKBONE_FEATURES 2048
+
+/* The output size of a head dense kernel t (torch (out, in), Keras (in, out)) whose
+ * input size must be `in`; a kernel of any other shape is not a head this graph can
+ * have, and a class count read from it would be wrong. */
+static int dense_dims(const StTensor *t, int keras, int64_t in, int *out, const char *path,
+                      Error *err)
+{
+    int64_t o = t->ndim == 2 ? t->shape[keras ? 1 : 0] : 0;
+    int64_t i = t->ndim == 2 ? t->shape[keras ? 0 : 1] : 0;
+    if (t->ndim != 2 || i != in || o < 1 || o > INT_MAX) {
+        char got[96];
+        shape_str(got, sizeof got, t->shape, t->ndim);
+        return error_set(err, "%s: tensor '%s' has shape %s, expected %s with %lld inputs",
+                         path, t->name, got, keras ? "(in, out)" : "(out, in)", (long long)in);
+    }
+    *out = (int)o;
+    return 0;
+}
+
 static int detect(const FileIndex *fi, const char *path, WeightsInfo *info, Error *err)
 {
     memset(info, 0, sizeof *info);
@@ -178,17 +210,15 @@ static int detect(const FileIndex *fi, const char *path, WeightsInfo *info, Erro
     int fc = index_find(fi, keras ? "predictions.kernel" : "fc.weight");
     int hid = index_find(fi, keras ? "head_hidden.kernel" : "head.hidden.weight");
     if (fc >= 0) {
-        const StTensor *t = &fi->st.tensors[fc];
-        if (t->ndim != 2)
-            return error_set(err, "%s: tensor '%s' must have 2 dimensions", path, t->name);
-        info->has_head = 1;
-        info->head_classes = (int)(keras ? t->shape[1] : t->shape[0]);
+        int64_t in = BACKBONE_FEATURES;
         if (hid >= 0) {
-            const StTensor *h = &fi->st.tensors[hid];
-            if (h->ndim != 2)
-                return error_set(err, "%s: tensor '%s' must have 2 dimensions", path, h->name);
-            info->head_hidden = (int)(keras ? h->shape[1] : h->shape[0]);
+            if (dense_dims(&fi->st.tensors[hid], keras, in, &info->head_hidden, path, err))
+                return -1;
+            in = info->head_hidden;
         }
+        if (dense_dims(&fi->st.tensors[fc], keras, in, &info->head_classes, path, err))
+            return -1;
+        info->has_head = 1;
     }
     return 0;
 }
@@ -204,6 +234,7 @@ int weights_probe(const char *path, WeightsInfo *info, Error *err)
                             info->head_hidden, 0.0f};
         Resnet *m = NULL;
         if (resnet_create(&m, &cfg, err)) {
+            error_wrap(err, "%s", path);
             index_free(&fi);
             return -1;
         }
@@ -229,16 +260,6 @@ static int is_ignored(const char *name)
     return s && s[strlen("num_batches_tracked")] == '\0';
 }
 
-static void shape_str(char *out, size_t len, const int64_t *shape, int ndim)
-{
-    size_t o = 0;
-    o += (size_t)snprintf(out + o, len - o, "[");
-    for (int i = 0; i < ndim && o < len; i++)
-        o += (size_t)snprintf(out + o, len - o, "%s%lld", i ? ", " : "", (long long)shape[i]);
-    if (o < len)
-        snprintf(out + o, len - o, "]");
-}
-
 int weights_load(Resnet *m, const char *path, int load_head, Error *err)
 {
     FileIndex fi;
@@ -259,9 +280,15 @@ int weights_load(Resnet *m, const char *path, int load_head, Error *err)
                   info.naming == NAMING_KERAS ? "predictions.kernel" : "fc.weight");
         goto fail;
     }
-    /* stage every tensor first so that a bad file leaves m untouched */
+    /* stage every tensor first so that a bad file leaves m untouched; tmp holds one
+     * tensor in the file's layout, and the largest is a backbone conv (3x3x512x512)
+     * or, with many classes or hidden units, a head kernel */
+    size_t max_numel = 0;
+    for (int pi = 0; pi < m->n_params; pi++)
+        if (m->params[pi].numel > max_numel)
+            max_numel = m->params[pi].numel;
     staged = malloc(m->n_floats * sizeof(float));
-    tmp = malloc(4 * 1024 * 1024 * sizeof(float)); /* largest tensor: 3x3x512x512 = 2.4M */
+    tmp = malloc(max_numel * sizeof(float));
     if (!staged || !tmp) {
         error_set(err, "%s: out of memory", path);
         goto fail;
@@ -325,6 +352,12 @@ fail:
 int weights_save(const Resnet *m, const char *path, WeightsNaming naming, WeightsSource source,
                  const char *preprocess, const char *const *meta_kv, int n_meta, Error *err)
 {
+    /* readers take the variant from the naming (weights.h): any other pairing makes
+     * a file whose metadata contradicts its names, which no reader accepts */
+    if ((naming == NAMING_KERAS) != (m->cfg.variant == RESNET_KERAS))
+        return error_set(err, "%s: cannot write a %s-variant model with %s naming: the "
+                         "naming decides the variant when the file is read", path,
+                         resnet_variant_name(m->cfg.variant), weights_naming_name(naming));
     StEntry *entries = calloc((size_t)m->n_params, sizeof *entries);
     char (*names)[128] = calloc((size_t)m->n_params, sizeof *names);
     float *data = malloc(m->n_floats * sizeof(float));

@@ -95,15 +95,19 @@ def randomize_bn(model, gen):
 def relu_inputs(model, x, first, bn_policy):
     """(weight, input) of every ReLU, from a training-mode forward of a copy. The
     weight is the number of values per channel over 16 (layer4's count at batch 4,
-    64x64): a flip moves its channel's gradient by about 1/(values per channel)."""
+    64x64): a flip moves its channel's gradient by about 1/(values per channel).
+    The stem's ReLU weighs 1: the max pool after it breaks ties between zeros by
+    position, so one flip there reroutes a whole gradient element."""
     m = copy.deepcopy(model)
     configure(m, first, bn_policy)
     vals = []
     for name, mod in m.named_modules():
         if isinstance(mod, nn.ReLU):
             mod.inplace = False
-            mod.register_forward_hook(lambda mod, i, o: vals.append(
-                (i[0].numel() / i[0].shape[1] / 16.0, i[0].detach().double())))
+            stem = name in ("relu", "net.relu")
+            mod.register_forward_hook(lambda mod, i, o, stem=stem: vals.append(
+                (1.0 if stem else i[0].numel() / i[0].shape[1] / 16.0,
+                 i[0].detach().double())))
     with torch.no_grad():
         m(x)
     return vals
@@ -118,11 +122,11 @@ def kink_margin(model64, x, first, bn_policy):
     m32 = copy.deepcopy(model64).float()
     v32 = relu_inputs(m32, x.float(), first, bn_policy)
     v64 = relu_inputs(model64, x, first, bn_policy)
-    return min(w * (b.abs() / ((a - b).abs() + 1e-7 * b.std())).min().item()
+    return min(w * (b.abs() / ((a - b).abs() + 1e-6 * b.std())).min().item()
                for (w, a), (_, b) in zip(v32, v64))
 
 
-def choose_input(model64, first, bn_policy, tries=40, want=6.0):
+def choose_input(model64, first, bn_policy, tries=60, want=6.0):
     best = None
     for attempt in range(tries):
         gen = torch.Generator().manual_seed(1000 + attempt)

@@ -60,6 +60,7 @@ class KerasResNet50(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=True)
         self.bn1 = nn.BatchNorm2d(64, eps=1.001e-5)
+        self.relu = nn.ReLU()
         self.pool = nn.MaxPool2d(3, 2, 1)
         cin = 64
         layers = []
@@ -74,7 +75,7 @@ class KerasResNet50(nn.Module):
         self.head = Head(classes, hidden)
 
     def forward(self, x):
-        x = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        x = self.pool(self.relu(self.bn1(self.conv1(x))))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.head(x.mean((2, 3)))
 

@@ -1,6 +1,7 @@
 /* testutil.c: see testutil.h. */
 #include "testutil.h"
 
+#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,22 +19,39 @@ const char *testutil_ref_path(const char *name)
     return buf;
 }
 
+static char tmpdir_path[4096];
+
+static int remove_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb; (void)flag; (void)ftw;
+    return remove(path);
+}
+
+/* Scratch files hold whole ResNet50 weight files: never leave them behind. */
+static void remove_tmpdir(void)
+{
+    if (tmpdir_path[0])
+        nftw(tmpdir_path, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 const char *testutil_tmpdir(void)
 {
-    static char dir[4096];
+    char *dir = tmpdir_path;
     if (!dir[0]) {
         const char *base = getenv("TMPDIR");
-        snprintf(dir, sizeof dir, "%s/resnetd-test-XXXXXX", base && *base ? base : "/tmp");
+        snprintf(dir, sizeof tmpdir_path, "%s/resnetd-test-XXXXXX", base && *base ? base : "/tmp");
         if (!mkdtemp(dir))
             fail_msg("mkdtemp failed");
+        atexit(remove_tmpdir);
     }
     return dir;
 }
 
 const char *testutil_tmp_path(const char *name)
 {
-    static char buf[4096];
-    snprintf(buf, sizeof buf, "%s/%s", testutil_tmpdir(), name);
+    static char buf[8192];
+    if (snprintf(buf, sizeof buf, "%s/%s", testutil_tmpdir(), name) >= (int)sizeof buf)
+        fail_msg("scratch path too long: %s", name);
     return buf;
 }
 

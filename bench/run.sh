@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# `make bench`: resnetd and PyTorch (Debian's python3-torch, 2 threads,
+# channels_last, fp32) run the same ResNet50 work in one run, side by side.
+# Prints a table with images/s, peak memory and ratios (resnetd / PyTorch), and
+# writes the same results to bench/last.json.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+PY=/usr/bin/python3
+steps=${BENCH_STEPS:-3}
+cases=(
+  "train_224_b16 train 224 16"
+  "train_64_b32 train 64 32"
+  "infer_224_b16 infer 224 16"
+)
+results=()
+printf '%-15s %14s %14s %7s %12s %12s %7s\n' case "resnetd img/s" "pytorch img/s" ratio "resnetd MiB" "pytorch MiB" "mem"
+for c in "${cases[@]}"; do
+  read -r name mode size batch <<< "$c"
+  ours=$("$build/bench/bench_train" --mode "$mode" --size "$size" --batch "$batch" --steps "$steps" --threads 2)
+  theirs=$($PY bench/torch_bench.py --mode "$mode" --size "$size" --batch "$batch" --steps "$steps" --threads 2)
+  row=$($PY - "$name" "$ours" "$theirs" <<'PYEOF'
+import json, sys
+name, a, b = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+r = {"case": name, "resnetd": a, "pytorch": b,
+     "speed_ratio": round(a["images_per_s"] / b["images_per_s"], 3),
+     "memory_ratio": round(a["peak_rss_mib"] / b["peak_rss_mib"], 3)}
+print(json.dumps(r))
+PYEOF
+)
+  results+=("$row")
+  $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("%-15s %14.2f %14.2f %7.2f %12.0f %12.0f %7.2f" % (r["case"], r["resnetd"]["images_per_s"], r["pytorch"]["images_per_s"], r["speed_ratio"], r["resnetd"]["peak_rss_mib"], r["pytorch"]["peak_rss_mib"], r["memory_ratio"]))' "$row"
+done
+{
+  echo '{"blas_kernel": "'"$("$build/resnetd" version | sed -n 's/^blas: OpenBLAS kernel \([^ ]*\).*/\1/p')"'", "steps": '"$steps"', "cases": ['
+  for i in "${!results[@]}"; do
+    [ "$i" -gt 0 ] && echo ","
+    echo "${results[$i]}"
+  done
+  echo ']}'
+} > bench/last.json
+echo "wrote bench/last.json (ratio = resnetd / PyTorch; speed > 1 and memory < 1 favour resnetd)"
