@@ -277,16 +277,24 @@ void batchnorm_stats(float *mean, float *var, const float *x, int64_t m, int c)
     free(meanf);
 }
 
+/* [scale | shift] (2c floats, caller frees) with y = x * scale + shift. */
+static float *bn_scale_shift(const float *mean, const float *invstd, const float *gamma,
+                             const float *beta, int c)
+{
+    float *scale = malloc((size_t)c * 2 * sizeof(float));
+    if (!scale) abort(); /* 16 KiB at most: not recoverable */
+    for (int j = 0; j < c; j++) {
+        scale[j] = gamma[j] * invstd[j];
+        scale[c + j] = beta[j] - mean[j] * scale[j];
+    }
+    return scale;
+}
+
 void batchnorm_apply(float *y, const float *x, const float *mean, const float *invstd,
                      const float *gamma, const float *beta, int64_t m, int c, int relu)
 {
-    float *scale = malloc((size_t)c * 2 * sizeof(float));
-    if (!scale) abort();
-    float *shift = scale + c;
-    for (int j = 0; j < c; j++) {
-        scale[j] = gamma[j] * invstd[j];
-        shift[j] = beta[j] - mean[j] * scale[j];
-    }
+    float *scale = bn_scale_shift(mean, invstd, gamma, beta, c);
+    const float *shift = scale + c;
     #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < m; r++) {
         const float *xr = x + r * c;
@@ -308,13 +316,8 @@ void batchnorm_apply_add_relu(float *out, const float *x, const float *mean, con
                               const float *gamma, const float *beta, const float *residual,
                               int64_t m, int c)
 {
-    float *scale = malloc((size_t)c * 2 * sizeof(float));
-    if (!scale) abort();
-    float *shift = scale + c;
-    for (int j = 0; j < c; j++) {
-        scale[j] = gamma[j] * invstd[j];
-        shift[j] = beta[j] - mean[j] * scale[j];
-    }
+    float *scale = bn_scale_shift(mean, invstd, gamma, beta, c);
+    const float *shift = scale + c;
     #pragma omp parallel for schedule(static)
     for (int64_t r = 0; r < m; r++) {
         const float *xr = x + r * c, *rr = residual + r * c;

@@ -52,42 +52,29 @@ static int file_shape(const ParamInfo *p, const Layer *l, WeightsNaming naming, 
     return p->ndim;
 }
 
-/* dst (internal layout) from src (file layout). */
-static void to_internal(float *dst, const float *src, const ParamInfo *p, const Layer *l,
-                        WeightsNaming naming)
+/* Copies one tensor between the internal layout and the file layout of naming:
+ * to_file != 0 writes dst in file layout from internal src, else the reverse. */
+static void convert_layout(float *dst, const float *src, const ParamInfo *p, const Layer *l,
+                           WeightsNaming naming, int to_file)
 {
     if (naming == NAMING_TORCH && p->role == PARAM_WEIGHT && l->kind == LAYER_CONV) {
         const int co = l->cout, ci = l->cin, k = l->k;
         for (int o = 0; o < co; o++)
             for (int i = 0; i < ci; i++)
                 for (int y = 0; y < k; y++)
-                    for (int x = 0; x < k; x++)
-                        dst[(((size_t)y * k + x) * ci + i) * co + o] =
-                            src[(((size_t)o * ci + i) * k + y) * k + x];
+                    for (int x = 0; x < k; x++) {
+                        size_t hwio = (((size_t)y * k + x) * ci + i) * co + o;
+                        size_t oihw = (((size_t)o * ci + i) * k + y) * k + x;
+                        if (to_file) dst[oihw] = src[hwio];
+                        else dst[hwio] = src[oihw];
+                    }
     } else if (naming == NAMING_TORCH && p->role == PARAM_WEIGHT && l->kind == LAYER_DENSE) {
         for (int o = 0; o < l->cout; o++)
-            for (int i = 0; i < l->cin; i++)
-                dst[(size_t)i * l->cout + o] = src[(size_t)o * l->cin + i];
-    } else {
-        memcpy(dst, src, p->numel * sizeof(float));
-    }
-}
-
-static void to_file(float *dst, const float *src, const ParamInfo *p, const Layer *l,
-                    WeightsNaming naming)
-{
-    if (naming == NAMING_TORCH && p->role == PARAM_WEIGHT && l->kind == LAYER_CONV) {
-        const int co = l->cout, ci = l->cin, k = l->k;
-        for (int o = 0; o < co; o++)
-            for (int i = 0; i < ci; i++)
-                for (int y = 0; y < k; y++)
-                    for (int x = 0; x < k; x++)
-                        dst[(((size_t)o * ci + i) * k + y) * k + x] =
-                            src[(((size_t)y * k + x) * ci + i) * co + o];
-    } else if (naming == NAMING_TORCH && p->role == PARAM_WEIGHT && l->kind == LAYER_DENSE) {
-        for (int o = 0; o < l->cout; o++)
-            for (int i = 0; i < l->cin; i++)
-                dst[(size_t)o * l->cin + i] = src[(size_t)i * l->cout + o];
+            for (int i = 0; i < l->cin; i++) {
+                size_t io = (size_t)i * l->cout + o, oi = (size_t)o * l->cin + i;
+                if (to_file) dst[oi] = src[io];
+                else dst[io] = src[oi];
+            }
     } else {
         memcpy(dst, src, p->numel * sizeof(float));
     }
@@ -325,7 +312,7 @@ int weights_load(Resnet *m, const char *path, int load_head, Error *err)
             error_wrap(err, "%s", path);
             goto fail;
         }
-        to_internal(staged + p->offset, tmp, p, l, info.naming);
+        convert_layout(staged + p->offset, tmp, p, l, info.naming, 0);
     }
     for (int i = 0; i < fi.n; i++) {
         if (fi.used[i] || is_ignored(fi.names[i]))
@@ -378,7 +365,7 @@ int weights_save(const Resnet *m, const char *path, WeightsNaming naming, Weight
         weights_file_name(m, pi, naming, names[pi], sizeof names[pi]);
         e->name = names[pi];
         e->ndim = file_shape(p, l, naming, e->shape);
-        to_file(data + p->offset, src + p->offset, p, l, naming);
+        convert_layout(data + p->offset, src + p->offset, p, l, naming, 1);
         e->data = data + p->offset;
     }
     int nm = 0;
