@@ -4,10 +4,20 @@
  */
 #include "kernels.h"
 
+#include <assert.h>
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Hot loops (KERNEL_CLONES) are compiled for AVX-512, AVX2 and baseline x86-64 and
+ * picked at load time (GCC target_clones): Debian builds for the baseline, whose
+ * 4-wide SSE loops are half the speed of these memory-bound passes. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define KERNEL_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define KERNEL_CLONES
+#endif
 
 /* Rows of im2col per workspace chunk: large enough for efficient sgemm, small
  * enough that the column buffer stays in the last-level cache's neighbourhood. */
@@ -79,6 +89,13 @@ static void im2col(float *col, const float *x, const ConvShape *s, int n0, int n
     }
 }
 
+KERNEL_CLONES
+static void vec_add(float *restrict d, const float *restrict src, int n)
+{
+    for (int c = 0; c < n; c++)
+        d[c] += src[c];
+}
+
 /* dx (images n0..) = gather-sum of dcol; each input pixel sums the columns that
  * read it, so threads never write the same element. */
 static void col2im(float *dx, const float *dcol, const ConvShape *s, int n0, int nimg,
@@ -106,8 +123,7 @@ static void col2im(float *dx, const float *dcol, const ConvShape *s, int n0, int
                         if (ox >= s->ow) continue;
                         const float *src = dci + ((size_t)oy * s->ow + ox) * K +
                                            ((size_t)i * k + j) * cin;
-                        for (int c = 0; c < cin; c++)
-                            d[c] += src[c];
+                        vec_add(d, src, cin);
                     }
                 }
             }
@@ -207,27 +223,47 @@ void conv2d_backward(float *dx, float *dw, float *db, const float *dy, const flo
  * ~1e-7 relative, long enough to vectorise; partials are combined in double. */
 #define BN_CHUNK 64
 
+/* acc[j] += sum over rows of x[r][j]. */
+KERNEL_CLONES
+static void rows_sum(float *restrict acc, const float *restrict x, int64_t rows, int c)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int j = 0; j < c; j++)
+            acc[j] += x[r * c + j];
+}
+
+/* sd[j] += sum (x - mu), sq[j] += sum (x - mu)^2 over rows. */
+KERNEL_CLONES
+static void rows_dev(float *restrict sd, float *restrict sq, const float *restrict x,
+                     const float *restrict mu, int64_t rows, int c)
+{
+    for (int64_t r = 0; r < rows; r++)
+        for (int j = 0; j < c; j++) {
+            float d = x[r * c + j] - mu[j];
+            sd[j] += d;
+            sq[j] += d * d;
+        }
+}
+
 void batchnorm_stats(float *mean, float *var, const float *x, int64_t m, int c)
 {
-    double *sum = calloc((size_t)c * 3, sizeof(double));
-    float *meanf = malloc((size_t)c * sizeof(float));
-    if (!sum || !meanf) abort(); /* c <= 2048: tens of KiB; not recoverable */
-    double *sq = sum + c, *sd = sum + 2 * c;
+    assert(c <= KERNEL_MAX_CHANNELS);
+    double sum[KERNEL_MAX_CHANNELS], sd[KERNEL_MAX_CHANNELS], sq[KERNEL_MAX_CHANNELS];
+    float meanf[KERNEL_MAX_CHANNELS];
+    memset(sum, 0, (size_t)c * sizeof(double));
+    memset(sd, 0, (size_t)c * sizeof(double));
+    memset(sq, 0, (size_t)c * sizeof(double));
     const int64_t nchunks = (m + BN_CHUNK - 1) / BN_CHUNK;
     #pragma omp parallel
     {
-        double *ld = calloc((size_t)c, sizeof(double));
-        float *lf = malloc((size_t)c * sizeof(float));
-        if (!ld || !lf) abort();
+        double ld[KERNEL_MAX_CHANNELS], ld2[KERNEL_MAX_CHANNELS];
+        float lf[KERNEL_MAX_CHANNELS], lf2[KERNEL_MAX_CHANNELS];
+        memset(ld, 0, (size_t)c * sizeof(double));
         #pragma omp for schedule(static)
         for (int64_t ch = 0; ch < nchunks; ch++) {
+            int64_t r0 = ch * BN_CHUNK, r1 = r0 + BN_CHUNK < m ? r0 + BN_CHUNK : m;
             memset(lf, 0, (size_t)c * sizeof(float));
-            int64_t r1 = (ch + 1) * BN_CHUNK < m ? (ch + 1) * BN_CHUNK : m;
-            for (int64_t r = ch * BN_CHUNK; r < r1; r++) {
-                const float *row = x + r * c;
-                for (int j = 0; j < c; j++)
-                    lf[j] += row[j];
-            }
+            rows_sum(lf, x + r0 * c, r1 - r0, c);
             for (int j = 0; j < c; j++)
                 ld[j] += lf[j];
         }
@@ -240,66 +276,57 @@ void batchnorm_stats(float *mean, float *var, const float *x, int64_t m, int c)
             meanf[j] = (float)(sum[j] / (double)m);
         /* second pass around the float mean: d = x - meanf is nearly exact, so
          * sum d corrects the mean and sum d^2 gives the variance */
-        double *ld2 = calloc((size_t)c * 2, sizeof(double));
-        float *lf2 = malloc((size_t)c * 2 * sizeof(float));
-        if (!ld2 || !lf2) abort();
+        memset(ld, 0, (size_t)c * sizeof(double));
+        memset(ld2, 0, (size_t)c * sizeof(double));
         #pragma omp for schedule(static)
         for (int64_t ch = 0; ch < nchunks; ch++) {
-            memset(lf2, 0, (size_t)c * 2 * sizeof(float));
-            int64_t r1 = (ch + 1) * BN_CHUNK < m ? (ch + 1) * BN_CHUNK : m;
-            for (int64_t r = ch * BN_CHUNK; r < r1; r++) {
-                const float *row = x + r * c;
-                for (int j = 0; j < c; j++) {
-                    float d = row[j] - meanf[j];
-                    lf2[j] += d;
-                    lf2[c + j] += d * d;
-                }
-            }
-            for (int j = 0; j < 2 * c; j++)
+            int64_t r0 = ch * BN_CHUNK, r1 = r0 + BN_CHUNK < m ? r0 + BN_CHUNK : m;
+            memset(lf, 0, (size_t)c * sizeof(float));
+            memset(lf2, 0, (size_t)c * sizeof(float));
+            rows_dev(lf, lf2, x + r0 * c, meanf, r1 - r0, c);
+            for (int j = 0; j < c; j++) {
+                ld[j] += lf[j];
                 ld2[j] += lf2[j];
+            }
         }
         #pragma omp critical
         for (int j = 0; j < c; j++) {
-            sd[j] += ld2[j];
-            sq[j] += ld2[c + j];
+            sd[j] += ld[j];
+            sq[j] += ld2[j];
         }
-        free(ld2);
-        free(lf2);
-        free(ld);
-        free(lf);
     }
     for (int j = 0; j < c; j++) {
         double dm = sd[j] / (double)m;
         mean[j] = (float)(meanf[j] + dm);
         var[j] = (float)(sq[j] / (double)m - dm * dm);
     }
-    free(sum);
-    free(meanf);
 }
 
-/* [scale | shift] (2c floats, caller frees) with y = x * scale + shift. */
-static float *bn_scale_shift(const float *mean, const float *invstd, const float *gamma,
-                             const float *beta, int c)
+/* scale/shift (c floats each) with y = x * scale + shift. */
+static void bn_scale_shift(float *scale, float *shift, const float *mean, const float *invstd,
+                           const float *gamma, const float *beta, int c)
 {
-    float *scale = malloc((size_t)c * 2 * sizeof(float));
-    if (!scale) abort(); /* 16 KiB at most: not recoverable */
     for (int j = 0; j < c; j++) {
         scale[j] = gamma[j] * invstd[j];
-        scale[c + j] = beta[j] - mean[j] * scale[j];
+        shift[j] = beta[j] - mean[j] * scale[j];
     }
-    return scale;
 }
 
-void batchnorm_apply(float *y, const float *x, const float *mean, const float *invstd,
-                     const float *gamma, const float *beta, int64_t m, int c, int relu)
+KERNEL_CLONES
+static void rows_affine(float *y, const float *x, const float *restrict scale,
+                        const float *restrict shift, const float *residual, int64_t rows, int c,
+                        int relu)
 {
-    float *scale = bn_scale_shift(mean, invstd, gamma, beta, c);
-    const float *shift = scale + c;
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < m; r++) {
+    for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * c;
         float *yr = y + r * c;
-        if (relu) {
+        if (residual) {
+            const float *rr = residual + r * c;
+            for (int j = 0; j < c; j++) {
+                float v = xr[j] * scale[j] + shift[j] + rr[j];
+                yr[j] = v > 0.0f ? v : 0.0f;
+            }
+        } else if (relu) {
             for (int j = 0; j < c; j++) {
                 float v = xr[j] * scale[j] + shift[j];
                 yr[j] = v > 0.0f ? v : 0.0f;
@@ -309,25 +336,82 @@ void batchnorm_apply(float *y, const float *x, const float *mean, const float *i
                 yr[j] = xr[j] * scale[j] + shift[j];
         }
     }
-    free(scale);
+}
+
+static void bn_affine(float *y, const float *x, const float *mean, const float *invstd,
+                      const float *gamma, const float *beta, const float *residual, int64_t m,
+                      int c, int relu)
+{
+    assert(c <= KERNEL_MAX_CHANNELS);
+    float scale[KERNEL_MAX_CHANNELS], shift[KERNEL_MAX_CHANNELS];
+    bn_scale_shift(scale, shift, mean, invstd, gamma, beta, c);
+    const int64_t nchunks = (m + BN_CHUNK - 1) / BN_CHUNK;
+    #pragma omp parallel for schedule(static)
+    for (int64_t ch = 0; ch < nchunks; ch++) {
+        int64_t r0 = ch * BN_CHUNK, r1 = r0 + BN_CHUNK < m ? r0 + BN_CHUNK : m;
+        rows_affine(y + r0 * c, x + r0 * c, scale, shift, residual ? residual + r0 * c : NULL,
+                    r1 - r0, c, relu);
+    }
+}
+
+void batchnorm_apply(float *y, const float *x, const float *mean, const float *invstd,
+                     const float *gamma, const float *beta, int64_t m, int c, int relu)
+{
+    bn_affine(y, x, mean, invstd, gamma, beta, NULL, m, c, relu);
 }
 
 void batchnorm_apply_add_relu(float *out, const float *x, const float *mean, const float *invstd,
                               const float *gamma, const float *beta, const float *residual,
                               int64_t m, int c)
 {
-    float *scale = bn_scale_shift(mean, invstd, gamma, beta, c);
-    const float *shift = scale + c;
-    #pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < m; r++) {
-        const float *xr = x + r * c, *rr = residual + r * c;
-        float *yr = out + r * c;
-        for (int j = 0; j < c; j++) {
-            float v = xr[j] * scale[j] + shift[j] + rr[j];
-            yr[j] = v > 0.0f ? v : 0.0f;
+    bn_affine(out, x, mean, invstd, gamma, beta, residual, m, c, 1);
+}
+
+/* f1 += sum g, f2 += sum g * (x - mean), g = dy masked by relu_out > 0 when given. */
+KERNEL_CLONES
+static void rows_bn_sums(float *restrict f1, float *restrict f2, const float *restrict dy,
+                         const float *restrict relu_out, const float *restrict x,
+                         const float *restrict mean, int64_t rows, int c)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float *dyr = dy + r * c, *xr = x + r * c;
+        if (relu_out) {
+            const float *yr = relu_out + r * c;
+            for (int j = 0; j < c; j++) {
+                float g = yr[j] > 0.0f ? dyr[j] : 0.0f;
+                f1[j] += g;
+                f2[j] += g * (xr[j] - mean[j]);
+            }
+        } else {
+            for (int j = 0; j < c; j++) {
+                f1[j] += dyr[j];
+                f2[j] += dyr[j] * (xr[j] - mean[j]);
+            }
         }
     }
-    free(scale);
+}
+
+/* dx = k1 * (g - k2 - (x - mean) * k3); dx may alias dy. */
+KERNEL_CLONES
+static void rows_bn_dx(float *dx, const float *dy, const float *restrict relu_out,
+                       const float *restrict x, const float *restrict mean,
+                       const float *restrict k1, const float *restrict k2,
+                       const float *restrict k3, int64_t rows, int c)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        const float *dyr = dy + r * c, *xr = x + r * c;
+        float *dxr = dx + r * c;
+        if (relu_out) {
+            const float *yr = relu_out + r * c;
+            for (int j = 0; j < c; j++) {
+                float g = yr[j] > 0.0f ? dyr[j] : 0.0f;
+                dxr[j] = k1[j] * (g - k2[j] - (xr[j] - mean[j]) * k3[j]);
+            }
+        } else {
+            for (int j = 0; j < c; j++)
+                dxr[j] = k1[j] * (dyr[j] - k2[j] - (xr[j] - mean[j]) * k3[j]);
+        }
+    }
 }
 
 void batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
@@ -335,39 +419,25 @@ void batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
                         const float *invstd, const float *gamma, int64_t m, int c,
                         int batch_stats)
 {
-    /* s1 = sum g, s2 = sum g * (x - mean), g = dy masked by the ReLU when given;
-     * float partials per BN_CHUNK rows, combined in double */
-    double *s1 = calloc((size_t)c * 2, sizeof(double));
-    if (!s1) abort();
-    double *s2 = s1 + c;
+    /* s1 = sum g, s2 = sum g * xhat; float partials per BN_CHUNK rows, in double */
+    assert(c <= KERNEL_MAX_CHANNELS);
+    double s1[KERNEL_MAX_CHANNELS], s2[KERNEL_MAX_CHANNELS];
+    memset(s1, 0, (size_t)c * sizeof(double));
+    memset(s2, 0, (size_t)c * sizeof(double));
     const int64_t nchunks = (m + BN_CHUNK - 1) / BN_CHUNK;
     #pragma omp parallel
     {
-        double *l1 = calloc((size_t)c * 2, sizeof(double));
-        float *f1 = malloc((size_t)c * 2 * sizeof(float));
-        if (!l1 || !f1) abort();
-        double *l2 = l1 + c;
-        float *f2 = f1 + c;
+        double l1[KERNEL_MAX_CHANNELS], l2[KERNEL_MAX_CHANNELS];
+        float f1[KERNEL_MAX_CHANNELS], f2[KERNEL_MAX_CHANNELS];
+        memset(l1, 0, (size_t)c * sizeof(double));
+        memset(l2, 0, (size_t)c * sizeof(double));
         #pragma omp for schedule(static)
         for (int64_t ch = 0; ch < nchunks; ch++) {
-            memset(f1, 0, (size_t)c * 2 * sizeof(float));
-            int64_t r1 = (ch + 1) * BN_CHUNK < m ? (ch + 1) * BN_CHUNK : m;
-            for (int64_t r = ch * BN_CHUNK; r < r1; r++) {
-                const float *dyr = dy + r * c, *xr = x + r * c;
-                if (relu_out) {
-                    const float *yr = relu_out + r * c;
-                    for (int j = 0; j < c; j++) {
-                        float g = yr[j] > 0.0f ? dyr[j] : 0.0f;
-                        f1[j] += g;
-                        f2[j] += g * (xr[j] - mean[j]);
-                    }
-                } else {
-                    for (int j = 0; j < c; j++) {
-                        f1[j] += dyr[j];
-                        f2[j] += dyr[j] * (xr[j] - mean[j]);
-                    }
-                }
-            }
+            int64_t r0 = ch * BN_CHUNK, r1 = r0 + BN_CHUNK < m ? r0 + BN_CHUNK : m;
+            memset(f1, 0, (size_t)c * sizeof(float));
+            memset(f2, 0, (size_t)c * sizeof(float));
+            rows_bn_sums(f1, f2, dy + r0 * c, relu_out ? relu_out + r0 * c : NULL, x + r0 * c,
+                         mean, r1 - r0, c);
             for (int j = 0; j < c; j++) {
                 l1[j] += f1[j];
                 l2[j] += f2[j];
@@ -378,8 +448,6 @@ void batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
             s1[j] += l1[j];
             s2[j] += l2[j] * invstd[j];
         }
-        free(l1);
-        free(f1);
     }
     if (dgamma)
         for (int j = 0; j < c; j++)
@@ -387,48 +455,51 @@ void batchnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy,
     if (dbeta)
         for (int j = 0; j < c; j++)
             dbeta[j] += (float)s1[j];
-    if (dx) {
-        float *k1 = malloc((size_t)c * 3 * sizeof(float));
-        if (!k1) abort();
-        float *k2 = k1 + c, *k3 = k2 + c;
-        for (int j = 0; j < c; j++) {
-            /* train mode: dx = gamma*invstd * (g - s1/m - xhat * s2/m) */
-            k1[j] = gamma[j] * invstd[j];
-            k2[j] = batch_stats ? (float)(s1[j] / (double)m) : 0.0f;
-            k3[j] = batch_stats ? (float)(s2[j] / (double)m) * invstd[j] : 0.0f;
-        }
-        #pragma omp parallel for schedule(static)
-        for (int64_t r = 0; r < m; r++) {
-            const float *dyr = dy + r * c, *xr = x + r * c;
-            float *dxr = dx + r * c;
-            if (relu_out) {
-                const float *yr = relu_out + r * c;
-                for (int j = 0; j < c; j++) {
-                    float g = yr[j] > 0.0f ? dyr[j] : 0.0f;
-                    dxr[j] = k1[j] * (g - k2[j] - (xr[j] - mean[j]) * k3[j]);
-                }
-            } else {
-                for (int j = 0; j < c; j++)
-                    dxr[j] = k1[j] * (dyr[j] - k2[j] - (xr[j] - mean[j]) * k3[j]);
-            }
-        }
-        free(k1);
+    if (!dx)
+        return;
+    float k1[KERNEL_MAX_CHANNELS], k2[KERNEL_MAX_CHANNELS], k3[KERNEL_MAX_CHANNELS];
+    for (int j = 0; j < c; j++) {
+        /* train mode: dx = gamma*invstd * (g - s1/m - xhat * s2/m) */
+        k1[j] = gamma[j] * invstd[j];
+        k2[j] = batch_stats ? (float)(s1[j] / (double)m) : 0.0f;
+        k3[j] = batch_stats ? (float)(s2[j] / (double)m) * invstd[j] : 0.0f;
     }
-    free(s1);
+    #pragma omp parallel for schedule(static)
+    for (int64_t ch = 0; ch < nchunks; ch++) {
+        int64_t r0 = ch * BN_CHUNK, r1 = r0 + BN_CHUNK < m ? r0 + BN_CHUNK : m;
+        rows_bn_dx(dx + r0 * c, dy + r0 * c, relu_out ? relu_out + r0 * c : NULL, x + r0 * c,
+                   mean, k1, k2, k3, r1 - r0, c);
+    }
 }
+
+KERNEL_CLONES
+static void elems_relu(float *y, const float *x, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+KERNEL_CLONES
+static void elems_relu_bwd(float *dx, const float *dy, const float *restrict y, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++)
+        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+}
+
+#define ELEM_CHUNK 16384
 
 void relu_forward(float *y, const float *x, int64_t n)
 {
     #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++)
-        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    for (int64_t i = 0; i < n; i += ELEM_CHUNK)
+        elems_relu(y + i, x + i, n - i < ELEM_CHUNK ? n - i : ELEM_CHUNK);
 }
 
 void relu_backward(float *dx, const float *dy, const float *y, int64_t n)
 {
     #pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; i++)
-        dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
+    for (int64_t i = 0; i < n; i += ELEM_CHUNK)
+        elems_relu_bwd(dx + i, dy + i, y + i, n - i < ELEM_CHUNK ? n - i : ELEM_CHUNK);
 }
 
 void relu_mask(float *d, const float *y, int64_t n)

@@ -44,6 +44,10 @@ void conv2d_forward(float *y, const float *x, const float *w, const float *b,
 void conv2d_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
                      const float *w, const ConvShape *s, float *ws, int accumulate_dx);
 
+/* The most channels a BatchNorm kernel takes (per-channel scratch lives on the
+ * stack); ResNet50 has at most 2048. */
+#define KERNEL_MAX_CHANNELS 4096
+
 /* Batch statistics over m rows of c channels: mean and biased variance. */
 void batchnorm_stats(float *mean, float *var, const float *x, int64_t m, int c);
 
