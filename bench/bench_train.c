@@ -44,7 +44,8 @@ int main(int argc, char **argv)
     int train = !strcmp(mode, "train");
     ResnetConfig cfg = {strcmp(variant, "keras") ? RESNET_TORCHVISION : RESNET_KERAS, 1000, 0, 0.0f};
     Resnet *m = NULL;
-    if (resnet_create(&m, &cfg, &err) || resnet_plan(m, batch, size, &err)) {
+    if (resnet_create(&m, &cfg, &err) ||
+        (train ? resnet_plan(m, batch, size, &err) : resnet_plan_inference(m, batch, size, &err))) {
         fprintf(stderr, "bench: %s\n", err.msg);
         return 1;
     }

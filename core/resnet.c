@@ -4,6 +4,7 @@
  */
 #include "resnet.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -276,9 +277,18 @@ static int plan_conv(Layer *l, int n, int h, int w, Error *err)
     return 0;
 }
 
-int resnet_plan(Resnet *m, int batch, int size, Error *err)
+static size_t max_sz(size_t a, size_t b)
 {
-    if (m->arena && m->batch == batch && m->size == size)
+    return a > b ? a : b;
+}
+
+/* Plans activations for `batch` images of size x size. A training plan keeps
+ * every activation backward needs; an inference plan keeps only what the next
+ * layer reads, in a few rotating buffers (BN, ReLU and the residual add run in
+ * place there). */
+static int plan(Resnet *m, int batch, int size, int training, Error *err)
+{
+    if (m->arena && m->batch == batch && m->size == size && m->plan_training == training)
         return 0;
     if (batch < 1)
         return error_set(err, "batch size must be >= 1 (got %d)", batch);
@@ -289,19 +299,17 @@ int resnet_plan(Resnet *m, int batch, int size, Error *err)
     m->arena = NULL;
     m->pool_arg = NULL;
 
-    ArenaPlan ap = {0};
-    size_t max_act = 0, max_ws = 0;
-#define ACT(nfl) (max_act = (nfl) > max_act ? (nfl) : max_act, reserve(&ap, (nfl)))
+    /* geometry */
     const int n = batch;
     Layer *L = m->layers;
     if (plan_conv(&L[m->stem_conv], n, size, size, err))
         return -1;
     m->s1 = L[m->stem_conv].shape.oh;
     m->s2 = (m->s1 + 2 - 3) / 2 + 1;
-    size_t o_stem_z = ACT((size_t)n * m->s1 * m->s1 * 64);
-    size_t o_stem_a = ACT((size_t)n * m->s1 * m->s1 * 64);
-    size_t o_pool = ACT((size_t)n * m->s2 * m->s2 * 64);
-    size_t o_blk[RESNET_BLOCKS][7];
+    size_t stem_sz = (size_t)n * m->s1 * m->s1 * 64, pool_sz = (size_t)n * m->s2 * m->s2 * 64;
+    size_t sz1[RESNET_BLOCKS], sz2[RESNET_BLOCKS], sz3[RESNET_BLOCKS];
+    size_t max_act = max_sz(stem_sz, pool_sz), max1 = 0, max2 = 0, max3 = pool_sz, maxd = 0;
+    size_t max_ws = 0;
     int h = m->s2;
     for (int b = 0; b < RESNET_BLOCKS; b++) {
         Block *k = &m->blocks[b];
@@ -313,24 +321,49 @@ int resnet_plan(Resnet *m, int batch, int size, Error *err)
         if (plan_conv(&L[k->c3], n, h2, h2, err)) return -1;
         k->oh = k->ow = L[k->c3].shape.oh;
         if (k->cd >= 0 && plan_conv(&L[k->cd], n, h, h, err)) return -1;
-        size_t s1 = (size_t)n * h1 * h1 * L[k->c1].cout;
-        size_t s2 = (size_t)n * h2 * h2 * L[k->c2].cout;
-        size_t s3 = (size_t)n * k->oh * k->ow * L[k->c3].cout;
-        o_blk[b][0] = ACT(s1); o_blk[b][1] = ACT(s1);
-        o_blk[b][2] = ACT(s2); o_blk[b][3] = ACT(s2);
-        o_blk[b][4] = ACT(s3);
-        o_blk[b][5] = k->cd >= 0 ? ACT(s3) : 0;
-        o_blk[b][6] = ACT(s3);
-        size_t in_sz = (size_t)n * h * h * L[k->c1].cin;
-        if (in_sz > max_act) max_act = in_sz;
+        sz1[b] = (size_t)n * h1 * h1 * L[k->c1].cout;
+        sz2[b] = (size_t)n * h2 * h2 * L[k->c2].cout;
+        sz3[b] = (size_t)n * k->oh * k->ow * L[k->c3].cout;
+        max1 = max_sz(max1, sz1[b]);
+        max2 = max_sz(max2, sz2[b]);
+        max3 = max_sz(max3, sz3[b]);
+        if (k->cd >= 0) maxd = max_sz(maxd, sz3[b]);
+        max_act = max_sz(max_act, max_sz(max_sz(sz1[b], sz2[b]), sz3[b]));
         h = k->oh;
     }
     m->feat_hw = h;
     for (int i = 0; i < m->n_layers; i++)
-        if (L[i].kind == LAYER_CONV) {
-            size_t ws = conv_workspace_floats(&L[i].shape);
-            if (ws > max_ws) max_ws = ws;
+        if (L[i].kind == LAYER_CONV)
+            max_ws = max_sz(max_ws, conv_workspace_floats(&L[i].shape));
+
+    /* offsets */
+    ArenaPlan ap = {0};
+    size_t o_stem_z, o_stem_a, o_pool, o_blk[RESNET_BLOCKS][7], o_g[3];
+    if (training) {
+        o_stem_z = reserve(&ap, stem_sz);
+        o_stem_a = reserve(&ap, stem_sz);
+        o_pool = reserve(&ap, pool_sz);
+        for (int b = 0; b < RESNET_BLOCKS; b++) {
+            o_blk[b][0] = reserve(&ap, sz1[b]); o_blk[b][1] = reserve(&ap, sz1[b]);
+            o_blk[b][2] = reserve(&ap, sz2[b]); o_blk[b][3] = reserve(&ap, sz2[b]);
+            o_blk[b][4] = reserve(&ap, sz3[b]);
+            o_blk[b][5] = m->blocks[b].cd >= 0 ? reserve(&ap, sz3[b]) : 0;
+            o_blk[b][6] = reserve(&ap, sz3[b]);
         }
+        for (int i = 0; i < 3; i++) o_g[i] = reserve(&ap, max_act);
+    } else {
+        o_stem_z = o_stem_a = reserve(&ap, stem_sz);
+        size_t rot[2] = {reserve(&ap, max3), reserve(&ap, max3)};
+        size_t t1 = reserve(&ap, max1), t2 = reserve(&ap, max2), td = reserve(&ap, maxd);
+        o_pool = rot[0];
+        for (int b = 0; b < RESNET_BLOCKS; b++) {
+            o_blk[b][0] = o_blk[b][1] = t1;
+            o_blk[b][2] = o_blk[b][3] = t2;
+            o_blk[b][4] = o_blk[b][6] = rot[(b + 1) & 1];
+            o_blk[b][5] = td;
+        }
+        o_g[0] = o_g[1] = o_g[2] = td; /* forward's only scratch: the shortcut BN, in place */
+    }
     int head_in = m->cfg.hidden > 0 ? m->cfg.hidden : FEATURES;
     size_t o_feat = reserve(&ap, (size_t)n * FEATURES);
     size_t o_hid = reserve(&ap, (size_t)n * (m->cfg.hidden > 0 ? m->cfg.hidden : 1));
@@ -341,21 +374,19 @@ int resnet_plan(Resnet *m, int batch, int size, Error *err)
     size_t o_dlogits = reserve(&ap, (size_t)n * m->cfg.num_classes);
     size_t o_dfeat = reserve(&ap, (size_t)n * FEATURES);
     size_t o_dhid = reserve(&ap, (size_t)n * head_in);
-    size_t o_g[3];
-    for (int i = 0; i < 3; i++) o_g[i] = reserve(&ap, max_act);
     size_t o_ws = reserve(&ap, max_ws ? max_ws : 1);
     size_t o_bn[RESNET_MAX_LAYERS];
     for (int i = 0; i < m->n_layers; i++)
         o_bn[i] = L[i].kind == LAYER_BN ? reserve(&ap, 2 * (size_t)L[i].cout) : 0;
-#undef ACT
 
     m->arena = aligned_alloc(64, ap.total * sizeof(float));
-    m->pool_arg = malloc((size_t)n * m->s2 * m->s2 * 64 * sizeof(int32_t));
+    m->pool_arg = malloc(pool_sz * sizeof(int32_t));
     if (!m->arena || !m->pool_arg) {
         free(m->arena); free(m->pool_arg);
         m->arena = NULL; m->pool_arg = NULL;
-        return error_set(err, "out of memory planning activations for batch %d at %dx%d "
-                         "(%.1f MiB)", batch, size, size, ap.total * 4.0 / 1048576.0);
+        return error_set(err, "out of memory planning %s activations for batch %d at %dx%d "
+                         "(%.1f MiB)", training ? "training" : "inference", batch, size, size,
+                         ap.total * 4.0 / 1048576.0);
     }
     memset(m->arena, 0, ap.total * sizeof(float));
     m->arena_floats = ap.total;
@@ -381,7 +412,18 @@ int resnet_plan(Resnet *m, int batch, int size, Error *err)
     m->batch = batch;
     m->size = size;
     m->cur_n = batch;
+    m->plan_training = training;
     return 0;
+}
+
+int resnet_plan(Resnet *m, int batch, int size, Error *err)
+{
+    return plan(m, batch, size, 1, err);
+}
+
+int resnet_plan_inference(Resnet *m, int batch, int size, Error *err)
+{
+    return plan(m, batch, size, 0, err);
 }
 
 /* ---- forward --------------------------------------------------------------- */
@@ -437,6 +479,7 @@ static int64_t rows_of(const Layer *conv)
 
 void resnet_forward(Resnet *m, const float *x, int n, int training)
 {
+    assert(m->plan_training || !training); /* an inference plan cannot train */
     Layer *L = m->layers;
     set_batch(m, n);
     m->input = x;
@@ -588,6 +631,7 @@ static float *block_backward(Resnet *m, Block *k, const float *in, float *ga, fl
 
 void resnet_backward(Resnet *m)
 {
+    assert(m->plan_training);
     Layer *L = m->layers;
     const int n = m->cur_n;
 

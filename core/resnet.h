@@ -91,6 +91,7 @@ typedef struct Resnet {
 
     /* plan */
     int batch, size, cur_n;
+    int plan_training;   /* the plan keeps what backward needs */
     float *arena;
     size_t arena_floats;
     int s1, s2;          /* stem conv output size, pool output size */
@@ -115,9 +116,14 @@ void resnet_free(Resnet *m);
  * and running var 1. The same seed gives the same weights. */
 void resnet_init_random(Resnet *m, uint64_t seed);
 
-/* Allocates activations for up to `batch` images of size x size (>= 32). Calling
- * it again with the same values does nothing. */
+/* Allocates activations for training (forward in either mode, and backward) for
+ * up to `batch` images of size x size (>= 32). Calling it again with the same
+ * values does nothing. */
 int resnet_plan(Resnet *m, int batch, int size, Error *err);
+
+/* Like resnet_plan, but keeps only what a forward needs (no backward, no training
+ * forward): a few rotating buffers instead of every activation. */
+int resnet_plan_inference(Resnet *m, int batch, int size, Error *err);
 
 /* Forward pass of n <= planned batch images x[n][size][size][3] (preprocessed).
  * training: dropout is active and BN layers with batch_stats use (and update the

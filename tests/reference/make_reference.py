@@ -193,6 +193,30 @@ def run_case(out, case):
         dump(model, variant, os.path.join(out, "%s_%s.safetensors" % (name, opt_name)))
 
 
+SIZES = [32, 33, 47, 63, 64, 65, 97, 224, 225]
+
+
+def write_sizes(out):
+    """Final feature-map size of each variant for each input size, as torch computes it."""
+    res = {}
+    with torch.no_grad():
+        for variant in ("torchvision", "keras"):
+            m = rt.build(variant, 2).eval()
+            body = m.net if variant == "torchvision" else m
+            res[variant] = {}
+            for s in SIZES:
+                x = torch.zeros(1, 3, s, s)
+                if variant == "torchvision":
+                    y = body.layer4(body.layer3(body.layer2(body.layer1(
+                        body.maxpool(body.relu(body.bn1(body.conv1(x))))))))
+                else:
+                    y = body.layer4(body.layer3(body.layer2(body.layer1(
+                        body.pool(body.relu(body.bn1(body.conv1(x))))))))
+                res[variant][str(s)] = y.shape[-1]
+    with open(os.path.join(out, "sizes.json"), "w") as f:
+        json.dump(res, f)
+
+
 def main():
     out = sys.argv[1]
     os.makedirs(out, exist_ok=True)
@@ -206,6 +230,7 @@ def main():
         print("reference data up to date in", out)
         return
     torch.set_num_threads(2)
+    write_sizes(out)
     for case in CASES:
         run_case(out, case)
         print("wrote case", case[0])
