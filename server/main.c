@@ -18,7 +18,10 @@ static int usage(FILE *out)
             "usage: resnetd COMMAND [ARGS]\n"
             "commands:\n"
             "  version                  print the version and the BLAS kernel in use\n"
-            "  inspect FILE.safetensors print variant, tensor count, parameter count, metadata\n");
+            "  inspect FILE.safetensors print variant, tensor count, parameter count, metadata\n"
+            "environment:\n"
+            "  RESNETD_THREADS=N        compute threads (default 0: one per core)\n"
+            "  OPENBLAS_CORETYPE=NAME   force an OpenBLAS kernel (default: the fastest for this CPU)\n");
     return out == stderr ? 2 : 0;
 }
 
@@ -64,7 +67,15 @@ int main(int argc, char **argv)
     Error err;
     if (blas_select_kernel(argv, &err))
         fprintf(stderr, "resnetd: warning: %s\n", err.msg);
-    blas_set_threads(0);
+    const char *threads = getenv("RESNETD_THREADS");
+    char *end = NULL;
+    long nthreads = threads ? strtol(threads, &end, 10) : 0;
+    if (threads && (*threads == '\0' || *end != '\0' || nthreads < 0 || nthreads > 1024)) {
+        fprintf(stderr, "resnetd: RESNETD_THREADS must be a whole number from 0 (all cores) "
+                        "to 1024, got '%s'\n", threads);
+        return 2;
+    }
+    blas_set_threads((int)nthreads);
     if (argc < 2)
         return usage(stderr);
     const char *cmd = argv[1];

@@ -254,6 +254,15 @@ class VersionTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("OpenBLAS kernel Nehalem (chosen by user)", r.stdout)
 
+    def test_threads_from_environment(self):
+        r = run("version", env=self.clean_env(RESNETD_THREADS="1"))
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(", 1 threads", r.stdout)
+        for bad in ("two", "-1", "", "3x"):
+            r = run("version", env=self.clean_env(RESNETD_THREADS=bad))
+            self.assertEqual(r.returncode, 2, bad)
+            self.assertIn("RESNETD_THREADS must be a whole number", r.stderr)
+
 
 if __name__ == "__main__":
     unittest.main()
