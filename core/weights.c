@@ -189,8 +189,8 @@ static int detect(const FileIndex *fi, const char *path, WeightsInfo *info, Erro
     snprintf(info->preprocess, sizeof info->preprocess, "%s",
              pp ? pp : (info->variant == RESNET_KERAS ? "caffe" : "torch"));
     const char *classes = safetensors_meta(&fi->st, "classes");
-    if (classes)
-        snprintf(info->classes, sizeof info->classes, "%s", classes);
+    if (classes && !(info->classes = strdup(classes)))
+        return error_set(err, "%s: out of memory", path);
 
     /* head: the output layer, and a hidden layer before it when present */
     int keras = info->naming == NAMING_KERAS;
@@ -210,6 +210,14 @@ static int detect(const FileIndex *fi, const char *path, WeightsInfo *info, Erro
     return 0;
 }
 
+void weights_info_free(WeightsInfo *info)
+{
+    if (!info)
+        return;
+    free(info->classes);
+    info->classes = NULL;
+}
+
 int weights_probe(const char *path, WeightsInfo *info, Error *err)
 {
     FileIndex fi;
@@ -222,6 +230,7 @@ int weights_probe(const char *path, WeightsInfo *info, Error *err)
         Resnet *m = NULL;
         if (resnet_create(&m, &cfg, err)) {
             error_wrap(err, "%s", path);
+            weights_info_free(info);
             index_free(&fi);
             return -1;
         }
@@ -231,6 +240,8 @@ int weights_probe(const char *path, WeightsInfo *info, Error *err)
             info->n_params -= (size_t)fc->cin * fc->cout + fc->cout;
         }
         resnet_free(m);
+    } else {
+        weights_info_free(info);
     }
     index_free(&fi);
     return rc;
@@ -250,7 +261,7 @@ static int is_ignored(const char *name)
 int weights_load(Resnet *m, const char *path, int load_head, Error *err)
 {
     FileIndex fi;
-    WeightsInfo info;
+    WeightsInfo info = {0};
     float *staged = NULL, *tmp = NULL;
     int rc = -1;
     if (index_open(&fi, path, err))
@@ -332,6 +343,7 @@ int weights_load(Resnet *m, const char *path, int load_head, Error *err)
 fail:
     free(staged);
     free(tmp);
+    weights_info_free(&info);
     index_free(&fi);
     return rc;
 }

@@ -30,10 +30,14 @@ typedef struct {
     int head_hidden;        /* units of its hidden layer, 0 for none */
     int n_tensors;          /* entries in the file (including ignored ones) */
     size_t n_params;        /* parameters (weights and biases) in the file's model */
-    char classes[8192];     /* metadata "classes" (a JSON array) or "" */
+    char *classes;          /* metadata "classes" (a JSON array), owned; NULL if absent */
 } WeightsInfo;
 
-/* Reads the header of path and describes it. */
+/* Frees what weights_probe allocated in info (accepts a zeroed struct). */
+void weights_info_free(WeightsInfo *info);
+
+/* Reads the header of path and describes it; release with weights_info_free. On
+ * failure info holds nothing to free. */
 int weights_probe(const char *path, WeightsInfo *info, Error *err);
 
 /* Loads every backbone tensor of path into m (whose variant must match the

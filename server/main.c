@@ -57,8 +57,9 @@ static int cmd_inspect(int argc, char **argv)
         printf(", hidden layer of %d\n", info.head_hidden);
     if (!info.has_head)
         printf("head:        none (backbone only)\n");
-    if (info.classes[0])
+    if (info.classes)
         printf("classes:     %s\n", info.classes);
+    weights_info_free(&info);
     return 0;
 }
 

@@ -450,7 +450,7 @@ static void test_probe_defaults(void **state)
     assert_int_equal(info.head_hidden, 0);
     assert_int_equal(info.n_tensors, TV_ENTRIES);
     assert_int_equal(info.n_params, TV_PARAMS);
-    assert_string_equal(info.classes, "");
+    assert_null(info.classes);
 
     if (weights_probe(fx->keras_path, &info, &err))
         fail_msg("%s", err.msg);
@@ -488,12 +488,43 @@ static void check_custom_head(ResnetVariant v, WeightsNaming naming, const char 
     assert_int_equal(info.n_params, (v == RESNET_KERAS ? KERAS_PARAMS : TV_PARAMS) -
                                         (2048u * 1000 + 1000) + (2048u * 64 + 64) + (64 * 3 + 3));
     assert_string_equal(info.classes, "[\"cat\",\"dog\",\"emu\"]");
+    weights_info_free(&info);
 
     Resnet *m = fresh_like(src);
     if (weights_load(m, path, 1, &err))
         fail_msg("%s", err.msg);
     assert_params_same(m, src, ALL, "custom head round trip");
     resnet_free(m);
+    resnet_free(src);
+}
+
+/* 1000 ImageNet-length class names (about 20 KB of metadata) come back whole. */
+static void test_probe_long_class_list(void **state)
+{
+    (void)state;
+    Error err;
+    WeightsInfo info;
+    size_t cap = 1000 * 32 + 8, len = 0;
+    char *classes = malloc(cap);
+    classes[len++] = '[';
+    for (int i = 0; i < 1000; i++)
+        len += (size_t)snprintf(classes + len, cap - len, "%s\"imagenet_class_%04d\"",
+                                i ? "," : "", i);
+    classes[len++] = ']';
+    classes[len] = '\0';
+    const char *meta[] = {"classes", classes};
+    Resnet *src = model_new(RESNET_TORCHVISION, 1000, 0);
+    const char *path = testutil_tmp_path("long-classes.safetensors");
+    if (weights_save(src, path, NAMING_TORCH, WEIGHTS_PARAMS, NULL, meta, 1, &err))
+        fail_msg("%s", err.msg);
+    if (weights_probe(path, &info, &err))
+        fail_msg("%s", err.msg);
+    assert_non_null(info.classes);
+    assert_int_equal(strlen(info.classes), len);
+    assert_string_equal(info.classes, classes);
+    weights_info_free(&info);
+    weights_info_free(&info); /* idempotent */
+    free(classes);
     resnet_free(src);
 }
 
@@ -1194,6 +1225,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_round_trip_torch),
         cmocka_unit_test(test_round_trip_keras),
         cmocka_unit_test(test_probe_defaults),
+        cmocka_unit_test(test_probe_long_class_list),
         cmocka_unit_test(test_probe_custom_head_torch),
         cmocka_unit_test(test_probe_custom_head_keras),
         cmocka_unit_test(test_round_trip_large_head),
