@@ -34,12 +34,15 @@ count_tap() { # name logfile rc
 }
 
 echo "== reference data (PyTorch $($PY -c 'import torch; print(torch.__version__)' 2>/dev/null || echo missing))"
-if ! $PY tests/reference/make_reference.py "$RESNETD_REF_DIR" > "$build/test-logs/reference.log" 2>&1; then
-  echo "  FAIL reference generation, see $build/test-logs/reference.log"
-  tail -n 20 "$build/test-logs/reference.log"
-  failed=$((failed + 1))
-  failures+=("reference generation")
-fi
+for gen in tests/reference/make_*.py; do
+  log="$build/test-logs/$(basename "$gen" .py).log"
+  if ! $PY "$gen" "$RESNETD_REF_DIR" > "$log" 2>&1; then
+    echo "  FAIL $gen, see $log"
+    tail -n 20 "$log"
+    failed=$((failed + 1))
+    failures+=("$gen")
+  fi
+done
 
 echo "== C unit tests"
 for bin in "$build"/tests/test_*; do
