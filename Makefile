@@ -5,13 +5,15 @@ BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
 WARN     := -Wall -Wextra -Werror
 CFLAGS   ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -fvect-cost-model=dynamic -fopenmp -I$(BLAS_INC) -Icore -MMD -MP
-LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ljansson -lm -fopenmp
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ljansson -lpng -ljpeg -lz -lpthread -lm -fopenmp
 BUILD    ?= build
 
 CORE_SRC   := $(wildcard core/*.c)
 SERVER_SRC := $(wildcard server/*.c)
 UNIT_SRC   := $(wildcard tests/unit/test_*.c)
 TESTLIB_SRC:= tests/unit/testutil.c
+TOOL_SRC   := $(wildcard tools/*.c)
+TOOL_BIN   := $(TOOL_SRC:tools/%.c=$(BUILD)/tools/%)
 
 CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/%.o)
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
@@ -19,7 +21,9 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TESTLIB_OBJ:= $(TESTLIB_SRC:%.c=$(BUILD)/%.o)
 
 .PHONY: all deps test unit asan bench demo run clean help
-all: $(BUILD)/resnetd $(UNIT_BIN) $(BUILD)/bench/bench_train
+BENCH_BIN  := $(BUILD)/bench/bench_train $(BUILD)/bench/bench_loader
+
+all: $(BUILD)/resnetd $(UNIT_BIN) $(TOOL_BIN) $(BENCH_BIN)
 
 help:
 	@echo "make deps   install missing Debian packages (tools/debian-packages.txt)"
@@ -47,7 +51,10 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TESTLIB_OBJ) $(BUILD)/libresnetd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
 
-$(BUILD)/bench/bench_train: $(BUILD)/bench/bench_train.o $(BUILD)/libresnetd.a
+$(BUILD)/tools/%: $(BUILD)/tools/%.o $(BUILD)/libresnetd.a
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/bench/%: $(BUILD)/bench/%.o $(BUILD)/libresnetd.a
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDLIBS)
 
 test: deps all

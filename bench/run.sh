@@ -40,12 +40,21 @@ PYEOF
   results+=("$row")
   $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("%-15s %14.2f %14.2f %7.2f %12.0f %12.0f %7.2f" % (r["case"], r["resnetd"]["images_per_s"], r["pytorch"]["images_per_s"], r["speed_ratio"], r["resnetd"]["peak_rss_mib"], r["pytorch"]["peak_rss_mib"], r["memory_ratio"]))' "$row"
 done
+# the loader: a Fashion-MNIST class-folder set made by the tool (10 classes x 200)
+data="$build/bench-data/fmnist-64"
+if [ ! -d "$data" ]; then
+  mkdir -p "$(dirname "$data")"
+  "$build/tools/fmnist_to_png" "$data" --classes all --per-class 200 --size 64 > /dev/null
+fi
+loader=$("$build/bench/bench_loader" --data "$data" --size 64 --batch 32 --train-steps 8)
+$PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("\nloader (%d images %dx%d, batch %d): %.0f img/s decoded+preprocessed on 1 thread, %.0f on 2, %.0f from the cache; %d training steps waited %.1f%% of %.1f s for data" % (r["images"], r["size"], r["size"], r["batch"], r["decode_images_per_s_1_thread"], r["decode_images_per_s_2_threads"], r["cached_images_per_s"], r["train_steps"], 100 * r["waiting_share"], r["train_seconds"]))' "$loader"
+
 {
   echo '{"blas_kernel": "'"$("$build/resnetd" version | sed -n 's/^blas: OpenBLAS kernel \([^ ]*\).*/\1/p')"'", "steps": '"$steps"', "rounds": '"$rounds"', "cases": ['
   for i in "${!results[@]}"; do
     [ "$i" -gt 0 ] && echo ","
     echo "${results[$i]}"
   done
-  echo ']}'
+  echo '], "loader": '"$loader"'}'
 } > bench/last.json
 echo "wrote bench/last.json (ratio = resnetd / PyTorch; speed > 1 and memory < 1 favour resnetd)"
