@@ -548,16 +548,21 @@ static int cmp_file(const void *a, const void *b)
     return strcmp(x->path, y->path);
 }
 
+static void free_problems(DatasetProblem *p, int n)
+{
+    for (int i = 0; i < n; i++) {
+        free(p[i].path);
+        free(p[i].reason);
+    }
+    free(p);
+}
+
 static void scan_free(Scan *s)
 {
     for (int i = 0; i < s->n_files; i++)
         free(s->files[i].path);
     free(s->files);
-    for (int i = 0; i < s->n_problems; i++) {
-        free(s->problems[i].path);
-        free(s->problems[i].reason);
-    }
-    free(s->problems);
+    free_problems(s->problems, s->n_problems);
     free(s->visited);
     for (int k = 0; k < SPLIT_COUNT; k++)
         free_names(s->class_names[k], s->n_class_names[k]);
@@ -1083,11 +1088,7 @@ void dataset_free(Dataset *ds)
     for (int i = 0; i < ds->n_items; i++)
         free(ds->items[i].path);
     free(ds->items);
-    for (int i = 0; i < ds->n_problems; i++) {
-        free(ds->problems[i].path);
-        free(ds->problems[i].reason);
-    }
-    free(ds->problems);
+    free_problems(ds->problems, ds->n_problems);
     free(ds->duplicates);
     memset(ds, 0, sizeof *ds);
 }
