@@ -1,0 +1,53 @@
+/*
+ * select.h: the `train` selector of a job phase: which layers of a Resnet are
+ * trainable, and which BN layers use batch statistics while training.
+ *
+ * Selectors (docs/selectors.md has worked examples):
+ *   head            only the head dense layers (m->out_fc, and m->hidden_fc if any)
+ *   all             every layer
+ *   stage:N         N in 2..5: Keras conv stages N..5 (torchvision layer(N-1)..layer4)
+ *                   plus the head
+ *   from:BLOCK      BLOCK as Keras names it ("conv4_block6") or torchvision does
+ *                   ("layer3.5"): that block's first layer and everything after it,
+ *                   plus the head; "from:conv1" and "from:stem" mean all
+ *   keras_last:N    N in 1..175: exactly the layers that Keras's model.layers[-N:]
+ *                   names for ResNet50 without top (REFERENCE.md gives the order),
+ *                   plus the head. Layers without weights (input, padding, pooling,
+ *                   ReLU, Add) count towards N but select nothing.
+ * The head is trainable under every selector.
+ */
+#ifndef RESNETD_SELECT_H
+#define RESNETD_SELECT_H
+
+#include <stddef.h>
+
+#include "error.h"
+#include "resnet.h"
+
+/* Number of layers in Keras's ResNet50(include_top=False).layers. */
+#define SELECT_KERAS_LAYERS 175
+#define SELECT_NAME_MAX 40
+
+/* Sets every layer's `trainable` from the selector and its `batch_stats` to
+ * (kind == LAYER_BN && trainable && bn_train): a frozen layer never uses batch
+ * statistics. *n_selected (may be NULL) receives the number of trainable layers.
+ * On error (unknown selector, out-of-range number, unknown block) returns -1 with
+ * a message that names the selector and what was expected, and leaves m unchanged.
+ * m is modified, selector is borrowed. */
+int select_trainable(Resnet *m, const char *selector, int bn_train, int *n_selected,
+                     Error *err);
+
+/* Writes the first min(max, SELECT_KERAS_LAYERS) names of Keras's
+ * ResNet50(include_top=False).layers, in order ("input_layer", "conv1_pad", ...,
+ * "conv5_block3_out"), into names, and returns SELECT_KERAS_LAYERS. names may be
+ * NULL when max is 0. */
+int select_keras_layer_names(char names[][SELECT_NAME_MAX], int max);
+
+/* Writes a one-line summary of the current selection into buf (always
+ * NUL-terminated when len > 0), e.g.
+ * "22 of 108 layers trainable (15 BN with batch statistics), 14988293 of 23518277
+ *  parameters, lowest conv4_block5_2_conv (layer3.4.conv2)".
+ * Returns buf. */
+const char *select_describe(const Resnet *m, char *buf, size_t len);
+
+#endif
