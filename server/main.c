@@ -6,8 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <signal.h>
+#include <unistd.h>
+
 #include "blas.h"
+#include "jobspec.h"
 #include "resnet.h"
+#include "train.h"
 #include "weights.h"
 
 #define RESNETD_VERSION "0.1.0"
@@ -19,6 +24,7 @@ static int usage(FILE *out)
             "commands:\n"
             "  version                  print the version and the BLAS kernel in use\n"
             "  inspect FILE.safetensors print variant, tensor count, parameter count, metadata\n"
+            "  train SPEC.json          run one fine-tuning job in the foreground (docs/jobs.md)\n"
             "environment:\n"
             "  RESNETD_THREADS=N        compute threads (default 0: one per core)\n"
             "  OPENBLAS_CORETYPE=NAME   force an OpenBLAS kernel (default: the fastest for this CPU)\n");
@@ -63,6 +69,98 @@ static int cmd_inspect(int argc, char **argv)
     return 0;
 }
 
+/* The only global mutable state: set by SIGINT/SIGTERM, read between batches. */
+static volatile sig_atomic_t stop_requested;
+static volatile int cancel_flag;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_requested = 1;
+    cancel_flag = 1;
+}
+
+typedef struct {
+    int tty;
+    double t_start;
+    int epochs_total;
+} Progress;
+
+static void train_on_phase(void *ctx, int phase, const PhaseSpec *ph, const char *describe)
+{
+    (void)ctx;
+    fprintf(stderr, "phase %d \"%s\": %d epochs, train %s, %s lr %g: %s\n", phase + 1, ph->name,
+            ph->epochs, ph->train, optim_type_name(ph->optimizer.type), ph->optimizer.lr,
+            describe);
+}
+
+static void train_on_step(void *ctx, int epoch, int step, int steps, double loss, float lr)
+{
+    Progress *p = ctx;
+    if (p->tty)
+        fprintf(stderr, "\repoch %d/%d  step %d/%d  loss %.4f  lr %.3g   ", epoch + 1,
+                p->epochs_total, step + 1, steps, loss, lr);
+}
+
+static void train_on_epoch(void *ctx, const EpochReport *r)
+{
+    Progress *p = ctx;
+    if (p->tty)
+        fprintf(stderr, "\r%80s\r", "");
+    printf("epoch %d/%d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f balanced %.4f | "
+           "lr %.3g | %.1f s, %.1f img/s%s\n", r->epoch + 1, r->epochs_total, r->phase_name,
+           r->train_loss, r->train_accuracy, r->val_loss, r->val_accuracy,
+           r->val_balanced_accuracy, r->lr, r->seconds, r->images_per_second,
+           r->best ? " *" : "");
+    fflush(stdout);
+}
+
+static int cmd_train(int argc, char **argv)
+{
+    if (argc != 1) {
+        fprintf(stderr, "usage: resnetd train SPEC.json\n");
+        return 2;
+    }
+    FILE *f = fopen(argv[0], "rb");
+    if (!f) {
+        perror(argv[0]);
+        return 1;
+    }
+    static char buf[1 << 20];
+    size_t n = fread(buf, 1, sizeof buf, f);
+    int too_big = !feof(f);
+    fclose(f);
+    if (too_big) {
+        fprintf(stderr, "resnetd train: %s: larger than 1 MiB\n", argv[0]);
+        return 1;
+    }
+    JobSpec spec;
+    Error err;
+    if (jobspec_parse(&spec, buf, n, NULL, 0, &err)) {
+        fprintf(stderr, "resnetd train: %s: %s\n", argv[0], err.msg);
+        return 1;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    Progress prog = {isatty(STDERR_FILENO), 0, jobspec_total_epochs(&spec)};
+    TrainCallbacks cb = {&prog, train_on_phase, train_on_step, train_on_epoch, &cancel_flag, NULL};
+    TrainResult res;
+    int rc = train_run(&spec, &cb, &res, &err);
+    jobspec_free(&spec);
+    if (rc) {
+        fprintf(stderr, "resnetd train: %s\n", err.msg);
+        return 1;
+    }
+    if (res.cancelled) {
+        fprintf(stderr, "resnetd train: cancelled after %d epochs\n", res.epochs_run);
+        return 130;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     Error err;
@@ -84,6 +182,8 @@ int main(int argc, char **argv)
         return cmd_version();
     if (!strcmp(cmd, "inspect"))
         return cmd_inspect(argc - 2, argv + 2);
+    if (!strcmp(cmd, "train"))
+        return cmd_train(argc - 2, argv + 2);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h"))
         return usage(stdout);
     fprintf(stderr, "resnetd: unknown command '%s'\n", cmd);

@@ -1,0 +1,62 @@
+/*
+ * train.h: the fine-tuning loop (core; knows nothing of HTTP or SQLite).
+ *
+ * train_run executes a JobSpec: scans the dataset, builds the model (from a
+ * weights file, whose backbone is loaded and whose head is replaced, or from
+ * seeded random weights), then runs each phase: selects the trainable layers,
+ * starts a fresh optimizer (as recompiling in Keras does), and trains epoch by
+ * epoch with the phase's learning-rate schedule, validating after each epoch.
+ * Progress is reported through callbacks; a cancel flag is checked between
+ * batches. Early stopping applies within a phase: when it triggers, the phase
+ * ends (restoring its best weights if asked) and the next phase starts.
+ *
+ * Not yet here (issue 4, later): checkpoints and resume, frozen-prefix
+ * activation caching, export and predict, the SQLite store.
+ */
+#ifndef RESNETD_TRAIN_H
+#define RESNETD_TRAIN_H
+
+#include "dataset.h"
+#include "error.h"
+#include "jobspec.h"
+#include "metrics.h"
+
+typedef struct {
+    int phase;                 /* 0-based */
+    const char *phase_name;
+    int epoch;                 /* 0-based over the whole job */
+    int phase_epoch;           /* 0-based within the phase */
+    int epochs_total;
+    float lr;
+    double train_loss, train_accuracy;
+    double val_loss, val_accuracy, val_balanced_accuracy;
+    const EpochMetrics *val;   /* per-class metrics of this epoch (borrowed) */
+    double seconds, images_per_second;
+    int best;                  /* this epoch is the phase's best so far (monitored metric) */
+} EpochReport;
+
+typedef struct {
+    void *ctx;
+    /* a phase starts: describe says what is trainable */
+    void (*on_phase)(void *ctx, int phase, const PhaseSpec *ph, const char *describe);
+    /* after every training batch */
+    void (*on_step)(void *ctx, int epoch, int step, int steps, double loss, float lr);
+    /* after every epoch's validation */
+    void (*on_epoch)(void *ctx, const EpochReport *r);
+    /* when non-NULL and set, training stops after the current batch */
+    const volatile int *cancel;
+    /* at the end (also after a cancel), with the trained model (borrowed for the call) */
+    void (*on_done)(void *ctx, const struct Resnet *m);
+} TrainCallbacks;
+
+typedef struct {
+    int epochs_run;
+    int cancelled;
+    int n_classes;
+} TrainResult;
+
+/* Runs the job. Returns 0 when it ran to the end (or was cancelled: see
+ * result->cancelled), -1 with the reason otherwise. */
+int train_run(const JobSpec *spec, const TrainCallbacks *cb, TrainResult *result, Error *err);
+
+#endif

@@ -1,0 +1,225 @@
+/*
+ * test_train.c: the fine-tuning loop on a small real Fashion-MNIST set (made by
+ * tools/fmnist_to_png): it learns, head-only training leaves the backbone (BN
+ * statistics included) bit-identical, cancel stops within one batch, and bad
+ * phases fail with the JSON path.
+ */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "jobspec.h"
+#include "resnet.h"
+#include "train.h"
+#include "weights.h"
+
+static char data[4096];
+
+static int setup(void **state)
+{
+    (void)state;
+    const char *build = getenv("RESNETD_BUILD_DIR");
+    char cmd[9000];
+    snprintf(data, sizeof data, "%s", testutil_tmp_path("fm"));
+    snprintf(cmd, sizeof cmd, "'%s/tools/fmnist_to_png' '%s' --counts 0:40,1:40,8:40 --size 32 "
+             "> /dev/null 2>&1", build && *build ? build : "build", data);
+    if (system(cmd) != 0)
+        fail_msg("%s failed", cmd);
+    return 0;
+}
+
+typedef struct {
+    int epochs, steps, phases;
+    double first_loss, last_loss;
+    int stop_after;
+    volatile int cancel;
+} Log;
+
+static void on_phase(void *ctx, int phase, const PhaseSpec *ph, const char *describe)
+{
+    (void)phase; (void)ph; (void)describe;
+    ((Log *)ctx)->phases++;
+}
+
+static void on_step(void *ctx, int epoch, int step, int steps, double loss, float lr)
+{
+    (void)epoch; (void)step; (void)steps; (void)loss; (void)lr;
+    Log *l = ctx;
+    l->steps++;
+    if (l->stop_after && l->steps >= l->stop_after)
+        l->cancel = 1;
+}
+
+static void on_epoch(void *ctx, const EpochReport *r)
+{
+    Log *l = ctx;
+    if (l->epochs == 0) l->first_loss = r->train_loss;
+    l->last_loss = r->train_loss;
+    l->epochs++;
+    assert_int_equal(r->epoch, l->epochs - 1);
+    assert_non_null(r->val);
+    assert_int_equal(r->val->k, 3);
+    assert_true(r->val_accuracy >= 0 && r->val_accuracy <= 1);
+}
+
+static JobSpec parse(const char *fmt, const char *extra)
+{
+    char json[4096];
+    snprintf(json, sizeof json, fmt, data, extra);
+    JobSpec s;
+    Error err;
+    if (jobspec_parse(&s, json, strlen(json), NULL, 0, &err))
+        fail_msg("%s", err.msg);
+    return s;
+}
+
+static void test_learns(void **state)
+{
+    (void)state;
+    JobSpec s = parse("{\"dataset\": \"%s\", \"weights\": \"random\", \"preprocess\": \"torch\","
+                      " \"input_size\": 32, \"batch_size\": 16, \"seed\": 3%s,"
+                      " \"phases\": [{\"epochs\": 4, \"train\": \"all\", \"bn\": \"train\","
+                      "   \"optimizer\": {\"type\": \"adam\", \"lr\": 0.001}}]}", "");
+    Log log = {0};
+    TrainCallbacks cb = {&log, on_phase, on_step, on_epoch, &log.cancel, NULL};
+    TrainResult res;
+    Error err;
+    if (train_run(&s, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    print_message("  train loss %.3f -> %.3f over %d epochs\n", log.first_loss, log.last_loss,
+                  log.epochs);
+    assert_int_equal(res.epochs_run, 4);
+    assert_int_equal(log.epochs, 4);
+    assert_int_equal(log.phases, 1);
+    assert_int_equal(log.steps, 4 * 6); /* 96 train images / 16 */
+    assert_true(log.last_loss < 0.8 * log.first_loss);
+    jobspec_free(&s);
+}
+
+typedef struct {
+    Log log;
+    const Resnet *ref;   /* the pretrained model the job loads */
+    int checked;
+} HeadCheck;
+
+/* Every backbone tensor (BN running statistics included) of the trained model
+ * equals the pretrained file's, bit for bit. */
+static void check_backbone(void *ctx, const Resnet *m)
+{
+    HeadCheck *h = ctx;
+    for (int pi = 0; pi < m->n_params; pi++) {
+        const ParamInfo *p = &m->params[pi];
+        if (p->layer == m->out_fc || p->layer == m->hidden_fc)
+            continue;
+        int ri = resnet_find_param(h->ref, p->name);
+        assert_true(ri >= 0);
+        if (memcmp(m->param_data + p->offset, h->ref->param_data + h->ref->params[ri].offset,
+                   p->numel * sizeof(float)))
+            fail_msg("%s changed during head-only training", p->name);
+        h->checked++;
+    }
+}
+
+static void test_head_only_keeps_backbone(void **state)
+{
+    (void)state;
+    Error err;
+    ResnetConfig cfg = {RESNET_TORCHVISION, 10, 0, 0.0f};
+    Resnet *src;
+    if (resnet_create(&src, &cfg, &err))
+        fail_msg("%s", err.msg);
+    resnet_init_random(src, 77);
+    for (int i = 0; i < src->n_layers; i++) /* non-trivial running statistics */
+        if (src->layers[i].kind == LAYER_BN)
+            for (int c = 0; c < src->layers[i].cout; c++) {
+                src->layers[i].rmean[c] = 0.01f * (float)(c % 7);
+                src->layers[i].rvar[c] = 1.0f + 0.01f * (float)(c % 5);
+            }
+    const char *wpath = testutil_tmp_path("pre.safetensors");
+    if (weights_save(src, wpath, NAMING_TORCH, WEIGHTS_PARAMS, NULL, NULL, 0, &err))
+        fail_msg("%s", err.msg);
+    char extra[4200];
+    snprintf(extra, sizeof extra, ", \"weights\": \"%s\"", wpath);
+    JobSpec s = parse("{\"dataset\": \"%s\"%s, \"input_size\": 32, \"batch_size\": 16,"
+                      " \"phases\": [{\"epochs\": 2, \"train\": \"head\", \"bn\": \"train\","
+                      "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.1, \"momentum\": 0.9}}]}", extra);
+    HeadCheck h = {{0}, src, 0};
+    TrainCallbacks cb = {&h.log, on_phase, on_step, on_epoch, NULL, NULL};
+    cb.ctx = &h; /* Log is the first member: the log callbacks still work */
+    cb.on_done = check_backbone;
+    TrainResult res;
+    if (train_run(&s, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(res.epochs_run, 2);
+    assert_int_equal(h.checked, 265); /* every backbone tensor */
+    jobspec_free(&s);
+    resnet_free(src);
+}
+
+static void test_cancel_within_a_batch(void **state)
+{
+    (void)state;
+    JobSpec s = parse("{\"dataset\": \"%s\", \"weights\": \"random\", \"preprocess\": \"tf\","
+                      " \"input_size\": 32, \"batch_size\": 8%s,"
+                      " \"phases\": [{\"epochs\": 3, \"train\": \"stage:5\","
+                      "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}", "");
+    Log log = {0};
+    log.stop_after = 2;
+    TrainCallbacks cb = {&log, on_phase, on_step, on_epoch, &log.cancel, NULL};
+    TrainResult res;
+    Error err;
+    if (train_run(&s, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(res.cancelled, 1);
+    assert_int_equal(log.steps, 2);
+    assert_int_equal(res.epochs_run, 0);
+    jobspec_free(&s);
+}
+
+static void test_bad_job_inputs(void **state)
+{
+    (void)state;
+    Error err;
+    TrainResult res;
+    JobSpec s = parse("{\"dataset\": \"%s\", \"weights\": \"random\", \"preprocess\": \"torch\","
+                      " \"input_size\": 32, \"batch_size\": 8%s,"
+                      " \"phases\": [{\"epochs\": 1, \"train\": \"from:conv9_block1\","
+                      "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}", "");
+    assert_int_equal(train_run(&s, NULL, &res, &err), -1);
+    assert_non_null(strstr(err.msg, "phases[0].train"));
+    assert_non_null(strstr(err.msg, "no such block"));
+    jobspec_free(&s);
+    s = parse("{\"dataset\": \"%s\", \"weights\": \"random\", \"preprocess\": \"torch\","
+              " \"class_weight\": {\"zebra\": 2}, \"input_size\": 32%s,"
+              " \"phases\": [{\"epochs\": 1, \"train\": \"head\","
+              "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}", "");
+    assert_int_equal(train_run(&s, NULL, &res, &err), -1);
+    assert_non_null(strstr(err.msg, "class_weight.zebra"));
+    jobspec_free(&s);
+    s = parse("{\"dataset\": \"%s\", \"weights\": \"random\"%s, \"input_size\": 32,"
+              " \"phases\": [{\"epochs\": 1, \"train\": \"head\","
+              "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}", "");
+    assert_int_equal(train_run(&s, NULL, &res, &err), -1);
+    assert_non_null(strstr(err.msg, "declare none"));
+    jobspec_free(&s);
+    s = parse("{\"dataset\": \"%s/nope\", \"weights\": \"random\", \"preprocess\": \"torch\"%s,"
+              " \"phases\": [{\"epochs\": 1, \"train\": \"head\","
+              "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}", "");
+    assert_int_equal(train_run(&s, NULL, &res, &err), -1);
+    assert_non_null(strstr(err.msg, "dataset"));
+    jobspec_free(&s);
+}
+
+int main(int argc, char **argv)
+{
+    testutil_init(argc, argv);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_learns),
+        cmocka_unit_test(test_head_only_keeps_backbone),
+        cmocka_unit_test(test_cancel_within_a_batch),
+        cmocka_unit_test(test_bad_job_inputs),
+    };
+    return cmocka_run_group_tests(tests, setup, NULL);
+}
