@@ -198,10 +198,10 @@ void resnet_init_random(Resnet *m, uint64_t seed)
     for (int i = 0; i < m->n_layers; i++) {
         Layer *l = &m->layers[i];
         if (l->kind == LAYER_CONV || (l->kind == LAYER_DENSE && i != m->out_fc)) {
-            size_t fan_in = (size_t)l->k * (l->k ? l->k : 1) * l->cin;
-            if (l->kind == LAYER_DENSE) fan_in = (size_t)l->cin;
+            /* torchvision's kaiming_normal_(mode="fan_out") for convs */
+            size_t fan = l->kind == LAYER_CONV ? (size_t)l->k * l->k * l->cout : (size_t)l->cin;
             size_t n = (size_t)(l->kind == LAYER_CONV ? l->k * l->k : 1) * l->cin * l->cout;
-            float std = sqrtf(2.0f / (float)fan_in);
+            float std = sqrtf(2.0f / (float)fan);
             for (size_t j = 0; j < n; j++) l->w[j] = std * rng_normal(&r);
             if (l->b) memset(l->b, 0, (size_t)l->cout * sizeof(float));
         } else if (l->kind == LAYER_DENSE) {

@@ -111,7 +111,8 @@ typedef struct Resnet {
 int resnet_create(Resnet **out, const ResnetConfig *cfg, Error *err);
 void resnet_free(Resnet *m);
 
-/* He-normal initialisation with a seed: convs and the hidden layer N(0, 2/fan_in),
+/* He-normal initialisation with a seed: convs N(0, 2/fan_out) as torchvision
+ * initialises them (kaiming_normal_, mode "fan_out"), the hidden layer N(0, 2/fan_in),
  * the classifier Glorot-uniform, biases 0, BN gamma 1 and beta 0, running mean 0
  * and running var 1. The same seed gives the same weights. */
 void resnet_init_random(Resnet *m, uint64_t seed);
