@@ -3,6 +3,7 @@
  */
 #include "train.h"
 
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,6 +140,43 @@ static int validate(Resnet *m, Loader *val, int epoch, const float *cw, float sm
         return -1;
     *loss = n ? sum / n : NAN;
     return 0;
+}
+
+int train_export(const Resnet *m, const Dataset *ds, const Preprocess *p, const char *path,
+                 Error *err)
+{
+    int rc = -1;
+    char *classes = NULL, *custom = NULL;
+    json_t *arr = json_array(), *obj = NULL;
+    for (int c = 0; arr && c < ds->n_classes; c++)
+        json_array_append_new(arr, json_string(ds->classes[c]));
+    classes = arr ? json_dumps(arr, JSON_COMPACT) : NULL;
+    if (p->norm.mode == NORM_CUSTOM) {
+        const Normalization *n = &p->norm;
+        obj = json_pack("{s:f, s:[f,f,f], s:[f,f,f], s:s}", "rescale", (double)n->rescale,
+                        "mean", (double)n->mean[0], (double)n->mean[1], (double)n->mean[2],
+                        "std", (double)n->std[0], (double)n->std[1], (double)n->std[2],
+                        "channels", n->bgr ? "bgr" : "rgb");
+        custom = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    }
+    if (!classes || (p->norm.mode == NORM_CUSTOM && !custom)) {
+        error_set(err, "%s: out of memory", path);
+        goto done;
+    }
+    char size[16];
+    snprintf(size, sizeof size, "%d", p->size);
+    const char *meta[] = {"classes", classes, "input_size", size,
+                          "resize", p->resize == RESIZE_CROP ? "crop" : "squash",
+                          "preprocess_custom", custom};
+    WeightsNaming naming = m->cfg.variant == RESNET_KERAS ? NAMING_KERAS : NAMING_TORCH;
+    rc = weights_save(m, path, naming, WEIGHTS_PARAMS, preprocess_norm_name(p->norm.mode), meta,
+                      custom ? 4 : 3, err);
+done:
+    free(classes);
+    free(custom);
+    json_decref(arr);
+    json_decref(obj);
+    return rc;
 }
 
 int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Error *err)
@@ -294,7 +332,7 @@ int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Erro
             memcpy(m->param_data, best_params, m->n_floats * sizeof(float));
     }
     if (cb && cb->on_done)
-        cb->on_done(cb->ctx, m);
+        cb->on_done(cb->ctx, m, &ds, &p);
     rc = 0;
 done:
     metrics_free(&em);

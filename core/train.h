@@ -20,6 +20,7 @@
 #include "error.h"
 #include "jobspec.h"
 #include "metrics.h"
+#include "preprocess.h"
 
 typedef struct {
     int phase;                 /* 0-based */
@@ -45,8 +46,9 @@ typedef struct {
     void (*on_epoch)(void *ctx, const EpochReport *r);
     /* when non-NULL and set, training stops after the current batch */
     const volatile int *cancel;
-    /* at the end (also after a cancel), with the trained model (borrowed for the call) */
-    void (*on_done)(void *ctx, const struct Resnet *m);
+    /* at the end (also after a cancel), with the trained model, the dataset and the
+     * preprocessing in force (all borrowed for the call); e.g. to train_export */
+    void (*on_done)(void *ctx, const struct Resnet *m, const Dataset *ds, const Preprocess *p);
 } TrainCallbacks;
 
 typedef struct {
@@ -54,6 +56,13 @@ typedef struct {
     int cancelled;
     int n_classes;
 } TrainResult;
+
+/* Writes the fine-tuned model as safetensors (the variant's own naming), with
+ * metadata a predictor needs: "classes" (JSON array of the class names, label
+ * order), "preprocess" (mode name; for custom also "preprocess_custom" as JSON
+ * {"rescale", "mean", "std", "channels"}), "input_size", "resize". Atomic. */
+int train_export(const struct Resnet *m, const Dataset *ds, const Preprocess *p, const char *path,
+                 Error *err);
 
 /* Runs the job. Returns 0 when it ran to the end (or was cancelled: see
  * result->cancelled), -1 with the reason otherwise. */

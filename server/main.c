@@ -11,6 +11,7 @@
 
 #include "blas.h"
 #include "jobspec.h"
+#include "predict.h"
 #include "resnet.h"
 #include "train.h"
 #include "weights.h"
@@ -24,7 +25,10 @@ static int usage(FILE *out)
             "commands:\n"
             "  version                  print the version and the BLAS kernel in use\n"
             "  inspect FILE.safetensors print variant, tensor count, parameter count, metadata\n"
-            "  train SPEC.json          run one fine-tuning job in the foreground (docs/jobs.md)\n"
+            "  train SPEC.json [--export OUT.safetensors]\n"
+            "                           run one fine-tuning job in the foreground (docs/jobs.md)\n"
+            "  predict WEIGHTS IMAGE... [--top K] [--json]\n"
+            "                           top-k classes of images with exported weights\n"
             "environment:\n"
             "  RESNETD_THREADS=N        compute threads (default 0: one per core)\n"
             "  OPENBLAS_CORETYPE=NAME   force an OpenBLAS kernel (default: the fastest for this CPU)\n");
@@ -84,7 +88,23 @@ typedef struct {
     int tty;
     double t_start;
     int epochs_total;
+    const char *export_path;
+    int export_failed;
 } Progress;
+
+static void train_on_done(void *ctx, const Resnet *m, const Dataset *ds, const Preprocess *p)
+{
+    Progress *pr = ctx;
+    Error err;
+    if (!pr->export_path)
+        return;
+    if (train_export(m, ds, p, pr->export_path, &err)) {
+        fprintf(stderr, "resnetd train: export failed: %s\n", err.msg);
+        pr->export_failed = 1;
+    } else {
+        fprintf(stderr, "exported %s (%d classes)\n", pr->export_path, ds->n_classes);
+    }
+}
 
 static void train_on_phase(void *ctx, int phase, const PhaseSpec *ph, const char *describe)
 {
@@ -117,8 +137,11 @@ static void train_on_epoch(void *ctx, const EpochReport *r)
 
 static int cmd_train(int argc, char **argv)
 {
-    if (argc != 1) {
-        fprintf(stderr, "usage: resnetd train SPEC.json\n");
+    const char *export_path = NULL;
+    if (argc == 3 && !strcmp(argv[1], "--export"))
+        export_path = argv[2];
+    else if (argc != 1) {
+        fprintf(stderr, "usage: resnetd train SPEC.json [--export OUT.safetensors]\n");
         return 2;
     }
     FILE *f = fopen(argv[0], "rb");
@@ -145,8 +168,9 @@ static int cmd_train(int argc, char **argv)
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    Progress prog = {isatty(STDERR_FILENO), 0, jobspec_total_epochs(&spec)};
-    TrainCallbacks cb = {&prog, train_on_phase, train_on_step, train_on_epoch, &cancel_flag, NULL};
+    Progress prog = {isatty(STDERR_FILENO), 0, jobspec_total_epochs(&spec), export_path, 0};
+    TrainCallbacks cb = {&prog, train_on_phase, train_on_step, train_on_epoch, &cancel_flag,
+                         train_on_done};
     TrainResult res;
     int rc = train_run(&spec, &cb, &res, &err);
     jobspec_free(&spec);
@@ -158,7 +182,88 @@ static int cmd_train(int argc, char **argv)
         fprintf(stderr, "resnetd train: cancelled after %d epochs\n", res.epochs_run);
         return 130;
     }
-    return 0;
+    return prog.export_failed ? 1 : 0;
+}
+
+static void json_string_out(const char *s)
+{
+    putchar('"');
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') printf("\\%c", c);
+        else if (c < 0x20) printf("\\u%04x", c);
+        else putchar(c);
+    }
+    putchar('"');
+}
+
+static int cmd_predict(int argc, char **argv)
+{
+    int top = 5, as_json = 0, n_images = 0;
+    const char *weights = NULL;
+    const char **images = calloc((size_t)argc + 1, sizeof *images);
+    if (!images)
+        return 1;
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--json")) {
+            as_json = 1;
+        } else if (!strcmp(argv[i], "--top") && i + 1 < argc) {
+            char *end;
+            long k = strtol(argv[++i], &end, 10);
+            if (*end || k < 1 || k > 1000) {
+                fprintf(stderr, "resnetd predict: --top must be a whole number from 1 to 1000\n");
+                free(images);
+                return 2;
+            }
+            top = (int)k;
+        } else if (!weights) {
+            weights = argv[i];
+        } else {
+            images[n_images++] = argv[i];
+        }
+    }
+    if (!weights || n_images == 0) {
+        fprintf(stderr, "usage: resnetd predict WEIGHTS IMAGE... [--top K] [--json]\n");
+        free(images);
+        return 2;
+    }
+    Error err;
+    Predictor *pr;
+    if (predictor_load(&pr, weights, &err)) {
+        fprintf(stderr, "resnetd predict: %s\n", err.msg);
+        free(images);
+        return 1;
+    }
+    Prediction *out = calloc((size_t)top, sizeof *out);
+    int failed = 0;
+    if (as_json) printf("[");
+    for (int i = 0; i < n_images && out; i++) {
+        int n;
+        if (predictor_run_file(pr, images[i], top, out, &n, &err)) {
+            fprintf(stderr, "resnetd predict: %s\n", err.msg);
+            failed = 1;
+            n = 0;
+        }
+        if (as_json) {
+            printf("%s[", i ? ", " : "");
+            for (int j = 0; j < n; j++) {
+                printf("%s{\"index\": %d, \"class\": ", j ? ", " : "", out[j].index);
+                json_string_out(out[j].name);
+                printf(", \"prob\": %.6f}", out[j].prob);
+            }
+            printf("]");
+        } else if (n > 0) {
+            printf("%s:", images[i]);
+            for (int j = 0; j < n; j++)
+                printf("%s %s %.4f", j ? "," : "", out[j].name, out[j].prob);
+            printf("\n");
+        }
+    }
+    if (as_json) printf("]\n");
+    free(out);
+    free(images);
+    predictor_free(pr);
+    return failed ? 1 : 0;
 }
 
 int main(int argc, char **argv)
@@ -184,6 +289,8 @@ int main(int argc, char **argv)
         return cmd_inspect(argc - 2, argv + 2);
     if (!strcmp(cmd, "train"))
         return cmd_train(argc - 2, argv + 2);
+    if (!strcmp(cmd, "predict"))
+        return cmd_predict(argc - 2, argv + 2);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h"))
         return usage(stdout);
     fprintf(stderr, "resnetd: unknown command '%s'\n", cmd);

@@ -6,11 +6,15 @@
  */
 #include "testutil.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "image.h"
 #include "jobspec.h"
+#include "predict.h"
+#include "preprocess.h"
 #include "resnet.h"
 #include "train.h"
 #include "weights.h"
@@ -106,8 +110,9 @@ typedef struct {
 
 /* Every backbone tensor (BN running statistics included) of the trained model
  * equals the pretrained file's, bit for bit. */
-static void check_backbone(void *ctx, const Resnet *m)
+static void check_backbone(void *ctx, const Resnet *m, const Dataset *ds, const Preprocess *p)
 {
+    (void)ds; (void)p;
     HeadCheck *h = ctx;
     for (int pi = 0; pi < m->n_params; pi++) {
         const ParamInfo *p = &m->params[pi];
@@ -212,6 +217,86 @@ static void test_bad_job_inputs(void **state)
     jobspec_free(&s);
 }
 
+typedef struct {
+    Log log;
+    char path[4096];        /* exported weights */
+    char image[4400];       /* an image of the val split */
+    float probs[3];         /* the trained model's softmax on it */
+} Export;
+
+static void export_and_score(void *ctx, const Resnet *cm, const Dataset *ds, const Preprocess *p)
+{
+    Export *e = ctx;
+    Error err;
+    Resnet *m = (Resnet *)cm; /* forward only; the loop is over */
+    if (train_export(m, ds, p, e->path, &err))
+        fail_msg("%s", err.msg);
+    const DatasetItem *it = &ds->items[ds->n_items - 1];
+    snprintf(e->image, sizeof e->image, "%s", it->path);
+    Image img;
+    if (image_load(&img, it->path, 0, &err))
+        fail_msg("%s", err.msg);
+    int bw, bh;
+    preprocess_base_size(p, img.width, img.height, &bw, &bh);
+    uint8_t *scratch = malloc((size_t)bw * bh * 3);
+    float *x = malloc((size_t)p->size * p->size * 3 * sizeof(float));
+    preprocess_image(x, img.rgb, img.width, img.height, p, NULL, scratch);
+    resnet_forward(m, x, 1, 0);
+    double mx = m->logits[0], sum = 0;
+    for (int c = 1; c < 3; c++) if (m->logits[c] > mx) mx = m->logits[c];
+    for (int c = 0; c < 3; c++) sum += exp(m->logits[c] - mx);
+    for (int c = 0; c < 3; c++) e->probs[c] = (float)(exp(m->logits[c] - mx) / sum);
+    free(scratch);
+    free(x);
+    image_free(&img);
+}
+
+/* The exported file predicts what the trained model computed, with the class
+ * names and the preprocessing (here custom, crop) it declares. */
+static void test_export_and_predict(void **state)
+{
+    (void)state;
+    JobSpec s = parse("{\"dataset\": \"%s\", \"weights\": \"random\", \"input_size\": 40,"
+                      " \"resize\": \"crop\", \"head\": {\"hidden\": 16}%s,"
+                      " \"preprocess\": {\"mode\": \"custom\", \"rescale\": 0.00392,"
+                      "   \"mean\": [0.5, 0.4, 0.3], \"std\": [0.2, 0.25, 0.3], \"channels\": \"bgr\"},"
+                      " \"phases\": [{\"epochs\": 1, \"train\": \"stage:5\","
+                      "   \"optimizer\": {\"type\": \"adam\", \"lr\": 0.001}}]}", "");
+    Export e;
+    memset(&e, 0, sizeof e);
+    snprintf(e.path, sizeof e.path, "%s", testutil_tmp_path("export.safetensors"));
+    TrainCallbacks cb = {&e, on_phase, on_step, on_epoch, NULL, export_and_score};
+    TrainResult res;
+    Error err;
+    if (train_run(&s, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    jobspec_free(&s);
+    Predictor *pr;
+    if (predictor_load(&pr, e.path, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(predictor_classes(pr), 3);
+    assert_int_equal(predictor_input_size(pr), 40);
+    Prediction top[5];
+    int n;
+    if (predictor_run_file(pr, e.image, 5, top, &n, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(n, 3); /* clamped to the class count */
+    assert_true(top[0].prob >= top[1].prob && top[1].prob >= top[2].prob);
+    float total = 0;
+    for (int i = 0; i < 3; i++) {
+        total += top[i].prob;
+        assert_true(fabsf(top[i].prob - e.probs[top[i].index]) < 1e-6f);
+    }
+    assert_true(fabsf(total - 1.0f) < 1e-5f);
+    static const char *names[] = {"bag", "t-shirt_top", "trouser"}; /* sorted class folders */
+    for (int i = 0; i < 3; i++)
+        assert_string_equal(top[i].name, names[top[i].index]);
+    assert_int_equal(predictor_run_file(pr, "/nonexistent.png", 1, top, &n, &err), -1);
+    assert_non_null(strstr(err.msg, "/nonexistent.png"));
+    predictor_free(pr);
+    assert_int_equal(predictor_load(&pr, "/nonexistent.safetensors", &err), -1);
+}
+
 int main(int argc, char **argv)
 {
     testutil_init(argc, argv);
@@ -220,6 +305,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_head_only_keeps_backbone),
         cmocka_unit_test(test_cancel_within_a_batch),
         cmocka_unit_test(test_bad_job_inputs),
+        cmocka_unit_test(test_export_and_predict),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
