@@ -21,6 +21,8 @@ UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TESTLIB_OBJ:= $(TESTLIB_SRC:%.c=$(BUILD)/%.o)
 
 .PHONY: all deps test unit asan bench demo run clean help
+# keep the objects of chained rules (tests, tools, benchmarks) between builds
+.SECONDARY:
 BENCH_BIN  := $(BUILD)/bench/bench_train $(BUILD)/bench/bench_loader
 
 all: $(BUILD)/resnetd $(UNIT_BIN) $(TOOL_BIN) $(BENCH_BIN)
