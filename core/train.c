@@ -9,10 +9,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "loader.h"
 #include "optim.h"
 #include "resnet.h"
+#include "safetensors.h"
 #include "schedule.h"
 #include "select.h"
 #include "weights.h"
@@ -179,7 +181,211 @@ done:
     return rc;
 }
 
-int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Error *err)
+/* ---- checkpoints ---------------------------------------------------------- */
+
+/* What a checkpoint holds besides the parameters: where the job is, the phase's
+ * early-stopping state, and (when loaded) the optimizer and schedule state. */
+typedef struct {
+    int phase, phase_epoch_next, epoch_next, epochs_run;
+    double best;
+    int bad_epochs, have_best, stopped;
+    float *opt_m, *opt_v, *opt_started; /* loaded, owned */
+    int64_t opt_step;
+    LrScheduler sched;
+} Checkpoint;
+
+static void checkpoint_free(Checkpoint *ck)
+{
+    free(ck->opt_m);
+    free(ck->opt_v);
+    free(ck->opt_started);
+    ck->opt_m = ck->opt_v = ck->opt_started = NULL;
+}
+
+/* The job's shape: a checkpoint resumes only the job that wrote it. */
+static void fingerprint(char *out, size_t len, const JobSpec *s, const Resnet *m)
+{
+    size_t o = (size_t)snprintf(out, len, "v1 variant=%d classes=%d hidden=%d batch=%d size=%d "
+                                "seed=%llu floats=%zu phases=", m->cfg.variant,
+                                m->cfg.num_classes, m->cfg.hidden, s->batch_size, s->input_size,
+                                (unsigned long long)s->seed, m->n_floats);
+    for (int i = 0; i < s->n_phases && o < len; i++)
+        o += (size_t)snprintf(out + o, len - o, "%s%d:%s:%d", i ? "," : "", s->phases[i].epochs,
+                              s->phases[i].train, (int)s->phases[i].optimizer.type);
+}
+
+static int checkpoint_save(const char *path, const JobSpec *s, const Resnet *m,
+                           const Optimizer *optim, const LrScheduler *sched, const Checkpoint *ck,
+                           const float *best_params, Error *err)
+{
+    float *started = malloc((size_t)m->n_params * sizeof(float));
+    if (!started)
+        return error_set(err, "checkpoint: out of memory");
+    for (int i = 0; i < m->n_params; i++)
+        started[i] = optim->started[i] ? 1.0f : 0.0f;
+    StEntry e[5];
+    int n = 0;
+#define ENTRY(nm, ptr, count) (e[n].name = (nm), e[n].ndim = 1, e[n].shape[0] = (int64_t)(count), \
+                               e[n].data = (ptr), n++)
+    ENTRY("params", m->param_data, m->n_floats);
+    ENTRY("optim.m", optim->m, optim->n);
+    if (optim->v) ENTRY("optim.v", optim->v, optim->n);
+    ENTRY("optim.started", started, m->n_params);
+    if (best_params) ENTRY("best_params", best_params, m->n_floats);
+#undef ENTRY
+    char fp[1024], v[13][32];
+    fingerprint(fp, sizeof fp, s, m);
+    snprintf(v[0], sizeof v[0], "%d", ck->phase);
+    snprintf(v[1], sizeof v[1], "%d", ck->phase_epoch_next);
+    snprintf(v[2], sizeof v[2], "%d", ck->epoch_next);
+    snprintf(v[3], sizeof v[3], "%d", ck->epochs_run);
+    snprintf(v[4], sizeof v[4], "%.17g", ck->best);
+    snprintf(v[5], sizeof v[5], "%d", ck->bad_epochs);
+    snprintf(v[6], sizeof v[6], "%d", ck->have_best);
+    snprintf(v[7], sizeof v[7], "%d", ck->stopped);
+    snprintf(v[8], sizeof v[8], "%lld", (long long)optim->step);
+    snprintf(v[9], sizeof v[9], "%.17g", sched->lr);
+    snprintf(v[10], sizeof v[10], "%d %d", sched->bad_epochs, sched->epochs_done);
+    snprintf(v[11], sizeof v[11], "%.17g", sched->best);
+    snprintf(v[12], sizeof v[12], "%llu", (unsigned long long)m->dropout_rng.state);
+    const char *meta[] = {"resnetd_checkpoint", fp, "phase", v[0], "phase_epoch_next", v[1],
+                          "epoch_next", v[2], "epochs_run", v[3], "es_best", v[4],
+                          "es_bad_epochs", v[5], "es_have_best", v[6], "es_stopped", v[7],
+                          "optim_step", v[8], "sched_lr", v[9], "sched_counts", v[10],
+                          "sched_best", v[11], "dropout_rng", v[12]};
+    int rc = safetensors_write(path, e, n, meta, (int)(sizeof meta / sizeof meta[0]) / 2, err);
+    free(started);
+    if (rc)
+        error_wrap(err, "checkpoint");
+    return rc;
+}
+
+static int meta_int(const SafeTensors *st, const char *key, long long lo, long long hi,
+                    long long *out)
+{
+    const char *v = safetensors_meta(st, key);
+    char *end;
+    if (!v)
+        return -1;
+    long long x = strtoll(v, &end, 10);
+    if (end == v || *end || x < lo || x > hi)
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int meta_double(const SafeTensors *st, const char *key, double *out)
+{
+    const char *v = safetensors_meta(st, key);
+    char *end;
+    if (!v)
+        return -1;
+    *out = strtod(v, &end);
+    return end == v || *end ? -1 : 0;
+}
+
+/* Copies tensor name (numel floats) into dst; -1 when absent or of another size. */
+static int read_exact(const SafeTensors *st, const char *name, size_t numel, float *dst,
+                      Error *err)
+{
+    const StTensor *t = safetensors_find(st, name);
+    if (!t || (size_t)safetensors_numel(t) != numel)
+        return error_set(err, "tensor '%s' is missing or has the wrong size", name);
+    return safetensors_read_f32(st, t, dst, err);
+}
+
+/* 1: loaded into m, best_params and ck; 0: no checkpoint at path; -1: unusable. */
+static int checkpoint_load(const char *path, const JobSpec *s, Resnet *m, float *best_params,
+                           Checkpoint *ck, Error *err)
+{
+    if (access(path, F_OK) != 0)
+        return 0;
+    SafeTensors st;
+    if (safetensors_open(&st, path, err)) {
+        error_wrap(err, "checkpoint %s is unusable", path);
+        return -1;
+    }
+    char fp[1024];
+    fingerprint(fp, sizeof fp, s, m);
+    const char *have = safetensors_meta(&st, "resnetd_checkpoint");
+    int rc = -1;
+    long long x[9];
+    memset(ck, 0, sizeof *ck);
+    if (!have) {
+        error_set(err, "checkpoint %s is not a resnetd checkpoint", path);
+        goto done;
+    }
+    if (strcmp(have, fp)) {
+        error_set(err, "checkpoint %s was written for a different job (%s; this job: %s)", path,
+                  have, fp);
+        goto done;
+    }
+    if (meta_int(&st, "phase", 0, s->n_phases - 1, &x[0]) ||
+        meta_int(&st, "phase_epoch_next", 0, 100000, &x[1]) ||
+        meta_int(&st, "epoch_next", 0, 10000000, &x[2]) ||
+        meta_int(&st, "epochs_run", 0, 10000000, &x[3]) ||
+        meta_int(&st, "es_bad_epochs", 0, 100000, &x[4]) ||
+        meta_int(&st, "es_have_best", 0, 1, &x[5]) || meta_int(&st, "es_stopped", 0, 1, &x[6]) ||
+        meta_int(&st, "optim_step", 0, INT64_MAX, &x[7]) ||
+        meta_double(&st, "es_best", &ck->best) || meta_double(&st, "sched_lr", &ck->sched.lr) ||
+        meta_double(&st, "sched_best", &ck->sched.best) ||
+        !safetensors_meta(&st, "sched_counts") || !safetensors_meta(&st, "dropout_rng") ||
+        sscanf(safetensors_meta(&st, "sched_counts"), "%d %d", &ck->sched.bad_epochs,
+               &ck->sched.epochs_done) != 2 ||
+        x[1] > s->phases[x[0]].epochs) {
+        error_set(err, "checkpoint %s has missing or invalid counters", path);
+        goto done;
+    }
+    ck->phase = (int)x[0];
+    ck->phase_epoch_next = (int)x[1];
+    ck->epoch_next = (int)x[2];
+    ck->epochs_run = (int)x[3];
+    ck->bad_epochs = (int)x[4];
+    ck->have_best = (int)x[5];
+    ck->stopped = (int)x[6];
+    ck->opt_step = x[7];
+    ck->opt_m = malloc(m->n_floats * sizeof(float));
+    ck->opt_started = malloc((size_t)m->n_params * sizeof(float));
+    if (safetensors_find(&st, "optim.v"))
+        ck->opt_v = malloc(m->n_floats * sizeof(float));
+    if (!ck->opt_m || !ck->opt_started || (safetensors_find(&st, "optim.v") && !ck->opt_v)) {
+        error_set(err, "checkpoint: out of memory");
+        goto done;
+    }
+    if (read_exact(&st, "optim.m", m->n_floats, ck->opt_m, err) ||
+        (ck->opt_v && read_exact(&st, "optim.v", m->n_floats, ck->opt_v, err)) ||
+        read_exact(&st, "optim.started", (size_t)m->n_params, ck->opt_started, err) ||
+        (ck->have_best && read_exact(&st, "best_params", m->n_floats, best_params, err)) ||
+        read_exact(&st, "params", m->n_floats, m->param_data, err)) {
+        error_wrap(err, "checkpoint %s", path);
+        goto done;
+    }
+    m->dropout_rng.state = strtoull(safetensors_meta(&st, "dropout_rng"), NULL, 10);
+    rc = 1;
+done:
+    if (rc < 0)
+        checkpoint_free(ck);
+    safetensors_close(&st);
+    return rc;
+}
+
+/* Puts the loaded optimizer and schedule state of the interrupted phase back. */
+static void checkpoint_restore_phase(const Checkpoint *ck, Optimizer *o, LrScheduler *sched)
+{
+    memcpy(o->m, ck->opt_m, o->n * sizeof(float));
+    if (o->v && ck->opt_v)
+        memcpy(o->v, ck->opt_v, o->n * sizeof(float));
+    for (int i = 0; i < o->n_params; i++)
+        o->started[i] = ck->opt_started[i] != 0.0f;
+    o->step = ck->opt_step;
+    sched->lr = ck->sched.lr;
+    sched->best = ck->sched.best;
+    sched->bad_epochs = ck->sched.bad_epochs;
+    sched->epochs_done = ck->sched.epochs_done;
+}
+
+int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *cb,
+              TrainResult *res, Error *err)
 {
     Dataset ds = {0};
     Resnet *m = NULL;
@@ -187,7 +393,9 @@ int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Erro
     float *cw = NULL, *best_params = NULL;
     Confusion conf = {0};
     EpochMetrics em = {0};
+    Checkpoint ck;
     int rc = -1;
+    memset(&ck, 0, sizeof ck);
     memset(res, 0, sizeof *res);
 
     DatasetOptions dopt = dataset_default_options();
@@ -228,9 +436,19 @@ int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Erro
     }
 
     const int total = jobspec_total_epochs(s);
-    int epoch = 0;
-    for (int pi = 0; pi < s->n_phases && !res->cancelled; pi++) {
+    int resumed = 0;
+    if (opt && opt->checkpoint_path && opt->resume) {
+        int found = checkpoint_load(opt->checkpoint_path, s, m, best_params, &ck, err);
+        if (found < 0)
+            goto done;
+        resumed = found;
+        if (resumed)
+            res->epochs_run = ck.epochs_run;
+    }
+    int epoch = resumed ? ck.epoch_next : 0;
+    for (int pi = resumed ? ck.phase : 0; pi < s->n_phases && !res->cancelled; pi++) {
         const PhaseSpec *ph = &s->phases[pi];
+        const int resuming = resumed && pi == ck.phase;
         char where[96];
         snprintf(where, sizeof where, "phases[%d].train", pi);
         if (select_trainable(m, ph->train, ph->bn_train, NULL, err)) {
@@ -242,14 +460,22 @@ int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Erro
             select_describe(m, desc, sizeof desc);
             cb->on_phase(cb->ctx, pi, ph, desc);
         }
-        Optimizer opt;
-        if (optim_init(&opt, &ph->optimizer, m, err))
+        Optimizer optim;
+        if (optim_init(&optim, &ph->optimizer, m, err))
             goto done;
         LrScheduler sched;
         schedule_init(&sched, &ph->lr_schedule, ph->optimizer.lr, ph->epochs);
         double best = NAN;
-        int bad_epochs = 0, have_best = 0;
-        for (int pe = 0; pe < ph->epochs; pe++, epoch++) {
+        int bad_epochs = 0, have_best = 0, stopped = 0, pe = 0;
+        if (resuming) {
+            checkpoint_restore_phase(&ck, &optim, &sched);
+            best = ck.best;
+            bad_epochs = ck.bad_epochs;
+            have_best = ck.have_best;
+            stopped = ck.stopped;
+            pe = ck.phase_epoch_next;
+        }
+        for (; pe < ph->epochs && !stopped; pe++, epoch++) {
             EpochReport r;
             memset(&r, 0, sizeof r);
             r.phase = pi;
@@ -263,7 +489,7 @@ int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Erro
             int steps = loader_batches_per_epoch(train), step = 0, lrc;
             Batch b;
             if (loader_start_epoch(train, epoch, err)) {
-                optim_free(&opt);
+                optim_free(&optim);
                 goto done;
             }
             while ((lrc = loader_next(train, &b, err)) == 1) {
@@ -271,7 +497,7 @@ int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Erro
                 resnet_forward(m, b.x, b.n, 1);
                 double loss = resnet_loss(m, b.labels, cw, s->label_smoothing);
                 resnet_backward(m);
-                optim_step(&opt, m, r.lr);
+                optim_step(&optim, m, r.lr);
                 loss_sum += loss * b.n;
                 seen += b.n;
                 for (int i = 0; i < b.n; i++) {
@@ -290,7 +516,7 @@ int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Erro
                 }
             }
             if (lrc < 0) {
-                optim_free(&opt);
+                optim_free(&optim);
                 goto done;
             }
             if (res->cancelled)
@@ -299,7 +525,7 @@ int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Erro
             r.train_accuracy = seen ? (double)correct / seen : NAN;
             if (validate(m, val, epoch, cw, s->label_smoothing, &conf, &r.val_loss, err) ||
                 metrics_compute(&conf, &em, err)) {
-                optim_free(&opt);
+                optim_free(&optim);
                 goto done;
             }
             r.val_accuracy = em.accuracy;
@@ -319,15 +545,30 @@ int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Erro
             }
             schedule_epoch_end(&sched, r.val_loss);
             res->epochs_run++;
+            stopped = s->early_stopping && bad_epochs >= s->es_patience;
+            if (opt && opt->checkpoint_path) {
+                Checkpoint now;
+                memset(&now, 0, sizeof now);
+                now.phase = pi;
+                now.phase_epoch_next = pe + 1;
+                now.epoch_next = epoch + 1;
+                now.epochs_run = res->epochs_run;
+                now.best = best;
+                now.bad_epochs = bad_epochs;
+                now.have_best = have_best;
+                now.stopped = stopped;
+                if (checkpoint_save(opt->checkpoint_path, s, m, &optim, &sched, &now,
+                                    have_best ? best_params : NULL, err)) {
+                    optim_free(&optim);
+                    goto done;
+                }
+            }
             if (cb && cb->on_epoch)
                 cb->on_epoch(cb->ctx, &r);
             metrics_free(&em);
-            if (s->early_stopping && bad_epochs >= s->es_patience) {
-                epoch++; /* numbering stays contiguous: the next phase follows on */
-                break;
-            }
+            /* when early stopping ends the phase, numbering stays contiguous */
         }
-        optim_free(&opt);
+        optim_free(&optim);
         if (s->early_stopping && s->es_restore_best && have_best && !res->cancelled)
             memcpy(m->param_data, best_params, m->n_floats * sizeof(float));
     }
@@ -335,6 +576,7 @@ int train_run(const JobSpec *s, const TrainCallbacks *cb, TrainResult *res, Erro
         cb->on_done(cb->ctx, m, &ds, &p);
     rc = 0;
 done:
+    checkpoint_free(&ck);
     metrics_free(&em);
     metrics_confusion_free(&conf);
     free(best_params);

@@ -10,8 +10,8 @@
  * batches. Early stopping applies within a phase: when it triggers, the phase
  * ends (restoring its best weights if asked) and the next phase starts.
  *
- * Not yet here (issue 4, later): checkpoints and resume, frozen-prefix
- * activation caching, export and predict, the SQLite store.
+ * Not yet here (issue 4, later): frozen-prefix activation caching, BN folding
+ * for validation, the SQLite store.
  */
 #ifndef RESNETD_TRAIN_H
 #define RESNETD_TRAIN_H
@@ -64,8 +64,20 @@ typedef struct {
 int train_export(const struct Resnet *m, const Dataset *ds, const Preprocess *p, const char *path,
                  Error *err);
 
-/* Runs the job. Returns 0 when it ran to the end (or was cancelled: see
- * result->cancelled), -1 with the reason otherwise. */
-int train_run(const JobSpec *spec, const TrainCallbacks *cb, TrainResult *result, Error *err);
+typedef struct {
+    /* After every epoch the whole training state (parameters, optimizer, schedule,
+     * early-stopping state, counters, dropout generator) is written here atomically
+     * (temporary file, fsync, rename). NULL: no checkpoints. */
+    const char *checkpoint_path;
+    /* Continue from checkpoint_path when it exists. A resumed job computes what the
+     * uninterrupted one would have (shuffles and augmentation are seeded by job
+     * seed and epoch). A checkpoint of another job is an error. */
+    int resume;
+} TrainOptions;
+
+/* Runs the job (opt may be NULL). Returns 0 when it ran to the end (or was
+ * cancelled: see result->cancelled), -1 with the reason otherwise. */
+int train_run(const JobSpec *spec, const TrainOptions *opt, const TrainCallbacks *cb,
+              TrainResult *result, Error *err);
 
 #endif

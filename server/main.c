@@ -25,7 +25,7 @@ static int usage(FILE *out)
             "commands:\n"
             "  version                  print the version and the BLAS kernel in use\n"
             "  inspect FILE.safetensors print variant, tensor count, parameter count, metadata\n"
-            "  train SPEC.json [--export OUT.safetensors]\n"
+            "  train SPEC.json [--export OUT.safetensors] [--checkpoint FILE [--resume]]\n"
             "                           run one fine-tuning job in the foreground (docs/jobs.md)\n"
             "  predict WEIGHTS IMAGE... [--top K] [--json]\n"
             "                           top-k classes of images with exported weights\n"
@@ -137,13 +137,26 @@ static void train_on_epoch(void *ctx, const EpochReport *r)
 
 static int cmd_train(int argc, char **argv)
 {
-    const char *export_path = NULL;
-    if (argc == 3 && !strcmp(argv[1], "--export"))
-        export_path = argv[2];
-    else if (argc != 1) {
-        fprintf(stderr, "usage: resnetd train SPEC.json [--export OUT.safetensors]\n");
+    const char *export_path = NULL, *spec_path = NULL;
+    TrainOptions topt = {NULL, 0};
+    for (int i = 0; i < argc; i++) {
+        if (!strcmp(argv[i], "--export") && i + 1 < argc)
+            export_path = argv[++i];
+        else if (!strcmp(argv[i], "--checkpoint") && i + 1 < argc)
+            topt.checkpoint_path = argv[++i];
+        else if (!strcmp(argv[i], "--resume"))
+            topt.resume = 1;
+        else if (!spec_path && argv[i][0] != '-')
+            spec_path = argv[i];
+        else
+            spec_path = NULL, i = argc; /* usage below */
+    }
+    if (!spec_path || (topt.resume && !topt.checkpoint_path)) {
+        fprintf(stderr, "usage: resnetd train SPEC.json [--export OUT.safetensors] "
+                        "[--checkpoint FILE [--resume]]\n");
         return 2;
     }
+    argv[0] = (char *)spec_path;
     FILE *f = fopen(argv[0], "rb");
     if (!f) {
         perror(argv[0]);
@@ -172,7 +185,7 @@ static int cmd_train(int argc, char **argv)
     TrainCallbacks cb = {&prog, train_on_phase, train_on_step, train_on_epoch, &cancel_flag,
                          train_on_done};
     TrainResult res;
-    int rc = train_run(&spec, &cb, &res, &err);
+    int rc = train_run(&spec, &topt, &cb, &res, &err);
     jobspec_free(&spec);
     if (rc) {
         fprintf(stderr, "resnetd train: %s\n", err.msg);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "image.h"
 #include "jobspec.h"
@@ -90,7 +91,7 @@ static void test_learns(void **state)
     TrainCallbacks cb = {&log, on_phase, on_step, on_epoch, &log.cancel, NULL};
     TrainResult res;
     Error err;
-    if (train_run(&s, &cb, &res, &err))
+    if (train_run(&s, NULL, &cb, &res, &err))
         fail_msg("%s", err.msg);
     print_message("  train loss %.3f -> %.3f over %d epochs\n", log.first_loss, log.last_loss,
                   log.epochs);
@@ -155,7 +156,7 @@ static void test_head_only_keeps_backbone(void **state)
     cb.ctx = &h; /* Log is the first member: the log callbacks still work */
     cb.on_done = check_backbone;
     TrainResult res;
-    if (train_run(&s, &cb, &res, &err))
+    if (train_run(&s, NULL, &cb, &res, &err))
         fail_msg("%s", err.msg);
     assert_int_equal(res.epochs_run, 2);
     assert_int_equal(h.checked, 265); /* every backbone tensor */
@@ -175,7 +176,7 @@ static void test_cancel_within_a_batch(void **state)
     TrainCallbacks cb = {&log, on_phase, on_step, on_epoch, &log.cancel, NULL};
     TrainResult res;
     Error err;
-    if (train_run(&s, &cb, &res, &err))
+    if (train_run(&s, NULL, &cb, &res, &err))
         fail_msg("%s", err.msg);
     assert_int_equal(res.cancelled, 1);
     assert_int_equal(log.steps, 2);
@@ -192,7 +193,7 @@ static void test_bad_job_inputs(void **state)
                       " \"input_size\": 32, \"batch_size\": 8%s,"
                       " \"phases\": [{\"epochs\": 1, \"train\": \"from:conv9_block1\","
                       "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}", "");
-    assert_int_equal(train_run(&s, NULL, &res, &err), -1);
+    assert_int_equal(train_run(&s, NULL, NULL, &res, &err), -1);
     assert_non_null(strstr(err.msg, "phases[0].train"));
     assert_non_null(strstr(err.msg, "no such block"));
     jobspec_free(&s);
@@ -200,19 +201,19 @@ static void test_bad_job_inputs(void **state)
               " \"class_weight\": {\"zebra\": 2}, \"input_size\": 32%s,"
               " \"phases\": [{\"epochs\": 1, \"train\": \"head\","
               "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}", "");
-    assert_int_equal(train_run(&s, NULL, &res, &err), -1);
+    assert_int_equal(train_run(&s, NULL, NULL, &res, &err), -1);
     assert_non_null(strstr(err.msg, "class_weight.zebra"));
     jobspec_free(&s);
     s = parse("{\"dataset\": \"%s\", \"weights\": \"random\"%s, \"input_size\": 32,"
               " \"phases\": [{\"epochs\": 1, \"train\": \"head\","
               "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}", "");
-    assert_int_equal(train_run(&s, NULL, &res, &err), -1);
+    assert_int_equal(train_run(&s, NULL, NULL, &res, &err), -1);
     assert_non_null(strstr(err.msg, "declare none"));
     jobspec_free(&s);
     s = parse("{\"dataset\": \"%s/nope\", \"weights\": \"random\", \"preprocess\": \"torch\"%s,"
               " \"phases\": [{\"epochs\": 1, \"train\": \"head\","
               "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}", "");
-    assert_int_equal(train_run(&s, NULL, &res, &err), -1);
+    assert_int_equal(train_run(&s, NULL, NULL, &res, &err), -1);
     assert_non_null(strstr(err.msg, "dataset"));
     jobspec_free(&s);
 }
@@ -268,7 +269,7 @@ static void test_export_and_predict(void **state)
     TrainCallbacks cb = {&e, on_phase, on_step, on_epoch, NULL, export_and_score};
     TrainResult res;
     Error err;
-    if (train_run(&s, &cb, &res, &err))
+    if (train_run(&s, NULL, &cb, &res, &err))
         fail_msg("%s", err.msg);
     jobspec_free(&s);
     Predictor *pr;
@@ -297,6 +298,95 @@ static void test_export_and_predict(void **state)
     assert_int_equal(predictor_load(&pr, "/nonexistent.safetensors", &err), -1);
 }
 
+typedef struct {
+    Log log;
+    int n;
+    double train_loss[8], val_loss[8], val_acc[8];
+    int cancel_after;        /* set the cancel flag after this many epochs */
+} Curve;
+
+static void curve_epoch(void *ctx, const EpochReport *r)
+{
+    Curve *c = ctx;
+    assert_true(c->n < 8);
+    c->train_loss[c->n] = r->train_loss;
+    c->val_loss[c->n] = r->val_loss;
+    c->val_acc[c->n] = r->val_accuracy;
+    c->n++;
+    if (c->cancel_after && c->n == c->cancel_after)
+        c->log.cancel = 1;
+}
+
+/* 5 epochs straight equal 2 + (interrupted) + resume + 3, to 1e-5: the checkpoint
+ * carries parameters, optimizer, schedule, early-stopping and dropout state, and
+ * the loader's shuffles and augmentation depend only on (seed, epoch). */
+static void test_checkpoint_resume_matches(void **state)
+{
+    (void)state;
+    JobSpec s = parse("{\"dataset\": \"%s\", \"weights\": \"random\", \"preprocess\": \"torch\","
+                      " \"input_size\": 32, \"batch_size\": 16, \"seed\": 11%s,"
+                      " \"augment\": {\"hflip\": true}, \"head\": {\"hidden\": 16, \"dropout\": 0.3},"
+                      " \"early_stopping\": {\"patience\": 5},"
+                      " \"phases\": [{\"epochs\": 3, \"train\": \"stage:4\", \"bn\": \"train\","
+                      "   \"optimizer\": {\"type\": \"adam\", \"lr\": 0.001},"
+                      "   \"lr_schedule\": {\"type\": \"cosine\", \"warmup_epochs\": 1}},"
+                      "  {\"epochs\": 2, \"train\": \"head\","
+                      "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01, \"momentum\": 0.9}}]}", "");
+    Error err;
+    TrainResult res;
+    Curve a;
+    memset(&a, 0, sizeof a);
+    TrainCallbacks cb = {&a, on_phase, on_step, curve_epoch, &a.log.cancel, NULL};
+    if (train_run(&s, NULL, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(a.n, 5);
+
+    char ckpt[4096];
+    snprintf(ckpt, sizeof ckpt, "%s", testutil_tmp_path("job.ckpt"));
+    TrainOptions to = {ckpt, 1};
+    Curve b;
+    memset(&b, 0, sizeof b);
+    b.cancel_after = 2;
+    cb.ctx = &b;
+    cb.cancel = &b.log.cancel;
+    if (train_run(&s, &to, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(res.cancelled, 1);
+    assert_int_equal(b.n, 2);
+    Curve c;
+    memset(&c, 0, sizeof c);
+    cb.ctx = &c;
+    cb.cancel = &c.log.cancel;
+    if (train_run(&s, &to, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(res.epochs_run, 5);
+    assert_int_equal(c.n, 3);
+    for (int e = 0; e < 5; e++) {
+        const Curve *got = e < 2 ? &b : &c;
+        int k = e < 2 ? e : e - 2;
+        print_message("  epoch %d: train %.6f/%.6f val %.6f/%.6f\n", e + 1, a.train_loss[e],
+                      got->train_loss[k], a.val_loss[e], got->val_loss[k]);
+        assert_true(fabs(a.train_loss[e] - got->train_loss[k]) <= 1e-5 * fabs(a.train_loss[e]));
+        assert_true(fabs(a.val_loss[e] - got->val_loss[k]) <= 1e-5 * fabs(a.val_loss[e]));
+        assert_true(fabs(a.val_acc[e] - got->val_acc[k]) <= 1e-5);
+    }
+    /* a checkpoint of another job is refused, naming the difference */
+    JobSpec other = s;
+    other.batch_size = 8;
+    assert_int_equal(train_run(&other, &to, NULL, &res, &err), -1);
+    assert_non_null(strstr(err.msg, "different job"));
+    /* a damaged checkpoint is a clear error, not a crash */
+    FILE *f = fopen(ckpt, "r+b");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fclose(f);
+    assert_int_equal(truncate(ckpt, len / 2), 0);
+    assert_int_equal(train_run(&s, &to, NULL, &res, &err), -1);
+    assert_non_null(strstr(err.msg, "checkpoint"));
+    jobspec_free(&s);
+}
+
 int main(int argc, char **argv)
 {
     testutil_init(argc, argv);
@@ -306,6 +396,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_cancel_within_a_batch),
         cmocka_unit_test(test_bad_job_inputs),
         cmocka_unit_test(test_export_and_predict),
+        cmocka_unit_test(test_checkpoint_resume_matches),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
