@@ -19,6 +19,59 @@
 #include "select.h"
 #include "weights.h"
 
+const char *const train_stage_names[TRAIN_STAGES] = {"conv1", "conv2", "conv3", "conv4",
+                                                    "conv5", "head"};
+
+/* Stage of layer i (see TRAIN_STAGES). */
+static int layer_stage(const Resnet *m, int i)
+{
+    if (i == m->out_fc || i == m->hidden_fc)
+        return 5;
+    const char *n = m->layers[i].name;
+    if (!strncmp(n, "layer", 5) && n[5] >= '1' && n[5] <= '4')
+        return n[5] - '0';
+    return 0;
+}
+
+/* Adds, per stage, the L2 norm of the current gradients of trainable parameters. */
+static void add_grad_norms(const Resnet *m, double *acc)
+{
+    double sq[TRAIN_STAGES] = {0};
+    for (int pi = 0; pi < m->n_params; pi++) {
+        const ParamInfo *p = &m->params[pi];
+        if (!m->layers[p->layer].trainable || p->role == PARAM_RUNNING_MEAN ||
+            p->role == PARAM_RUNNING_VAR)
+            continue;
+        const float *g = m->grad_data + p->offset;
+        double s = 0;
+        for (size_t j = 0; j < p->numel; j++)
+            s += (double)g[j] * g[j];
+        sq[layer_stage(m, p->layer)] += s;
+    }
+    for (int k = 0; k < TRAIN_STAGES; k++)
+        acc[k] += sqrt(sq[k]);
+}
+
+/* ||w - w0|| / ||w0|| per stage over weights and biases. */
+static void weight_changes(const Resnet *m, const float *w0, double *out)
+{
+    double d[TRAIN_STAGES] = {0}, n[TRAIN_STAGES] = {0};
+    for (int pi = 0; pi < m->n_params; pi++) {
+        const ParamInfo *p = &m->params[pi];
+        if (p->role == PARAM_RUNNING_MEAN || p->role == PARAM_RUNNING_VAR)
+            continue;
+        int k = layer_stage(m, p->layer);
+        const float *w = m->param_data + p->offset, *v = w0 + p->offset;
+        for (size_t j = 0; j < p->numel; j++) {
+            double e = (double)w[j] - v[j];
+            d[k] += e * e;
+            n[k] += (double)v[j] * v[j];
+        }
+    }
+    for (int k = 0; k < TRAIN_STAGES; k++)
+        out[k] = n[k] > 0 ? sqrt(d[k] / n[k]) : 0.0;
+}
+
 static double now_seconds(void)
 {
     struct timespec t;
@@ -390,7 +443,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
     Dataset ds = {0};
     Resnet *m = NULL;
     Loader *train = NULL, *val = NULL;
-    float *cw = NULL, *best_params = NULL;
+    float *cw = NULL, *best_params = NULL, *start_params = NULL;
     Confusion conf = {0};
     EpochMetrics em = {0};
     Checkpoint ck;
@@ -430,11 +483,13 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
         metrics_confusion_init(&conf, ds.n_classes, err))
         goto done;
     best_params = malloc(m->n_floats * sizeof(float));
-    if (!best_params) {
+    start_params = malloc(m->n_floats * sizeof(float));
+    if (!best_params || !start_params) {
         error_set(err, "out of memory");
         goto done;
     }
 
+    memcpy(start_params, m->param_data, m->n_floats * sizeof(float));
     const int total = jobspec_total_epochs(s);
     int resumed = 0;
     if (opt && opt->checkpoint_path && opt->resume) {
@@ -497,6 +552,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
                 resnet_forward(m, b.x, b.n, 1);
                 double loss = resnet_loss(m, b.labels, cw, s->label_smoothing);
                 resnet_backward(m);
+                add_grad_norms(m, r.grad_norm);
                 optim_step(&optim, m, r.lr);
                 loss_sum += loss * b.n;
                 seen += b.n;
@@ -521,6 +577,9 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             }
             if (res->cancelled)
                 break;
+            for (int k = 0; k < TRAIN_STAGES; k++)
+                r.grad_norm[k] = step ? r.grad_norm[k] / step : 0.0;
+            weight_changes(m, start_params, r.weight_change);
             r.train_loss = seen ? loss_sum / seen : NAN;
             r.train_accuracy = seen ? (double)correct / seen : NAN;
             if (validate(m, val, epoch, cw, s->label_smoothing, &conf, &r.val_loss, err) ||
@@ -580,6 +639,7 @@ done:
     metrics_free(&em);
     metrics_confusion_free(&conf);
     free(best_params);
+    free(start_params);
     free(cw);
     loader_free(train);
     loader_free(val);

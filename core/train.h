@@ -22,6 +22,11 @@
 #include "metrics.h"
 #include "preprocess.h"
 
+/* Stages for per-stage statistics: the stem, Keras's conv2..conv5 (torchvision's
+ * layer1..layer4) and the head. */
+#define TRAIN_STAGES 6
+extern const char *const train_stage_names[TRAIN_STAGES];
+
 typedef struct {
     int phase;                 /* 0-based */
     const char *phase_name;
@@ -34,6 +39,11 @@ typedef struct {
     const EpochMetrics *val;   /* per-class metrics of this epoch (borrowed) */
     double seconds, images_per_second;
     int best;                  /* this epoch is the phase's best so far (monitored metric) */
+    /* per stage: mean over the epoch's steps of the L2 norm of the gradient of its
+     * trainable parameters (0 when frozen), and ||w - w_start|| / ||w_start|| of its
+     * weights and biases since the job started */
+    double grad_norm[TRAIN_STAGES];
+    double weight_change[TRAIN_STAGES];
 } EpochReport;
 
 typedef struct {

@@ -132,6 +132,13 @@ static void train_on_epoch(void *ctx, const EpochReport *r)
            r->train_loss, r->train_accuracy, r->val_loss, r->val_accuracy,
            r->val_balanced_accuracy, r->lr, r->seconds, r->images_per_second,
            r->best ? " *" : "");
+    printf("  per stage (conv1..conv5, head): grad norm");
+    for (int k = 0; k < TRAIN_STAGES; k++)
+        printf(" %.3g", r->grad_norm[k]);
+    printf(" | weight change");
+    for (int k = 0; k < TRAIN_STAGES; k++)
+        printf(" %.3g", r->weight_change[k]);
+    printf("\n");
     fflush(stdout);
 }
 

@@ -60,6 +60,8 @@ static void on_step(void *ctx, int epoch, int step, int steps, double loss, floa
 static void on_epoch(void *ctx, const EpochReport *r)
 {
     Log *l = ctx;
+    for (int k = 0; k < TRAIN_STAGES; k++)
+        assert_true(r->grad_norm[k] >= 0 && r->weight_change[k] >= 0);
     if (l->epochs == 0) l->first_loss = r->train_loss;
     l->last_loss = r->train_loss;
     l->epochs++;
@@ -80,6 +82,8 @@ static JobSpec parse(const char *fmt, const char *extra)
     return s;
 }
 
+static void all_epoch(void *ctx, const EpochReport *r);
+
 static void test_learns(void **state)
 {
     (void)state;
@@ -88,7 +92,7 @@ static void test_learns(void **state)
                       " \"phases\": [{\"epochs\": 4, \"train\": \"all\", \"bn\": \"train\","
                       "   \"optimizer\": {\"type\": \"adam\", \"lr\": 0.001}}]}", "");
     Log log = {0};
-    TrainCallbacks cb = {&log, on_phase, on_step, on_epoch, &log.cancel, NULL};
+    TrainCallbacks cb = {&log, on_phase, on_step, all_epoch, &log.cancel, NULL};
     TrainResult res;
     Error err;
     if (train_run(&s, NULL, &cb, &res, &err))
@@ -108,6 +112,28 @@ typedef struct {
     const Resnet *ref;   /* the pretrained model the job loads */
     int checked;
 } HeadCheck;
+
+/* Head-only: no gradient and no drift anywhere but the head. */
+static void head_epoch(void *ctx, const EpochReport *r)
+{
+    on_epoch(ctx, r);
+    for (int k = 0; k < TRAIN_STAGES - 1; k++) {
+        assert_true(r->grad_norm[k] == 0.0);
+        assert_true(r->weight_change[k] == 0.0);
+    }
+    assert_true(r->grad_norm[TRAIN_STAGES - 1] > 0);
+    assert_true(r->weight_change[TRAIN_STAGES - 1] > 0);
+}
+
+/* Everything trains: every stage has gradients and moves. */
+static void all_epoch(void *ctx, const EpochReport *r)
+{
+    on_epoch(ctx, r);
+    for (int k = 0; k < TRAIN_STAGES; k++) {
+        assert_true(r->grad_norm[k] > 0);
+        assert_true(r->weight_change[k] > 0);
+    }
+}
 
 /* Every backbone tensor (BN running statistics included) of the trained model
  * equals the pretrained file's, bit for bit. */
@@ -152,7 +178,7 @@ static void test_head_only_keeps_backbone(void **state)
                       " \"phases\": [{\"epochs\": 2, \"train\": \"head\", \"bn\": \"train\","
                       "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.1, \"momentum\": 0.9}}]}", extra);
     HeadCheck h = {{0}, src, 0};
-    TrainCallbacks cb = {&h.log, on_phase, on_step, on_epoch, NULL, NULL};
+    TrainCallbacks cb = {&h.log, on_phase, on_step, head_epoch, NULL, NULL};
     cb.ctx = &h; /* Log is the first member: the log callbacks still work */
     cb.on_done = check_backbone;
     TrainResult res;
