@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Transfer learning on real data, end to end with resnetd train:
+#   1. pretrain from scratch on Fashion-MNIST classes 0-4 at 32x32, export;
+#   2. fine-tune on classes 5-9 (head phase, then stage:5) from those weights;
+#   3. the same schedule from random weights, for comparison.
+# Usage: tools/fmnist_acceptance.sh [BUILD_DIR] [OUT_DIR]
+set -euo pipefail
+build=${1:-build}
+out=${2:-$build/acceptance}
+per_pre=${PER_PRETRAIN:-1000}
+per_ft=${PER_FINETUNE:-100}
+pre_epochs=${PRETRAIN_EPOCHS:-8}
+rm -rf "$out" && mkdir -p "$out"
+"$build/tools/fmnist_to_png" "$out/pre" --classes 0,1,2,3,4 --per-class "$per_pre" --size 32 > /dev/null
+"$build/tools/fmnist_to_png" "$out/ft" --classes 5,6,7,8,9 --per-class "$per_ft" --size 32 > /dev/null
+cat > "$out/pretrain.json" <<JSON
+{"name": "fmnist-pretrain", "dataset": "$out/pre", "weights": "random", "preprocess": "torch",
+ "input_size": 32, "batch_size": 32, "seed": 1, "augment": {"hflip": true},
+ "phases": [{"name": "scratch", "epochs": $pre_epochs, "train": "all", "bn": "train",
+             "optimizer": {"type": "adam", "lr": 0.001},
+             "lr_schedule": {"type": "cosine", "warmup_epochs": 1}}]}
+JSON
+finetune() { # name weights preprocess
+  cat > "$out/$1.json" <<JSON
+{"name": "$1", "dataset": "$out/ft", "weights": "$2", "preprocess": "$3",
+ "input_size": 32, "batch_size": 32, "seed": 2,
+ "phases": [{"name": "head", "epochs": 3, "train": "head",
+             "optimizer": {"type": "adam", "lr": 0.001}},
+            {"name": "stage5", "epochs": 4, "train": "stage:5", "bn": "frozen",
+             "optimizer": {"type": "sgd", "lr": 0.001, "momentum": 0.9}}]}
+JSON
+}
+echo "== pretrain ($per_pre images x 5 classes, $pre_epochs epochs)"
+"$build/resnetd" train "$out/pretrain.json" --export "$out/pretrained.safetensors" | tee "$out/pretrain.log" | grep -v '^  per stage'
+finetune finetune "$out/pretrained.safetensors" auto
+finetune scratch random torch
+echo "== fine-tune from the pretrained weights ($per_ft images x 5 other classes)"
+"$build/resnetd" train "$out/finetune.json" | tee "$out/finetune.log" | grep -v '^  per stage'
+echo "== the same schedule from random weights"
+"$build/resnetd" train "$out/scratch.json" | tee "$out/scratch.log" | grep -v '^  per stage'
+best() { grep -o 'val loss [0-9.]* acc [0-9.]*' "$1" | awk '{print $5}' | sort -g | tail -1; }
+echo "best val accuracy: fine-tuned $(best "$out/finetune.log"), from random $(best "$out/scratch.log")"
