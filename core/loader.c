@@ -253,6 +253,19 @@ int loader_create(Loader **out, const Dataset *ds, int split, const Preprocess *
     return 0;
 }
 
+void loader_epoch_order(const Loader *l, int epoch, int *order)
+{
+    memcpy(order, l->pool, (size_t)l->n * sizeof(int));
+    if (l->o.shuffle) {
+        Rng r;
+        rng_seed(&r, mix3(l->o.seed, (uint64_t)epoch + 1, 0x5EED));
+        for (int i = l->n - 1; i > 0; i--) { /* Fisher-Yates */
+            int j = (int)rng_below(&r, (uint64_t)i + 1);
+            int t = order[i]; order[i] = order[j]; order[j] = t;
+        }
+    }
+}
+
 int loader_start_epoch(Loader *l, int epoch, Error *err)
 {
     if (epoch < 0)
@@ -261,15 +274,7 @@ int loader_start_epoch(Loader *l, int epoch, Error *err)
     l->active = 0;
     while (l->building > 0) /* a worker may still be filling a slot of the old epoch */
         pthread_cond_wait(&l->cv_ready, &l->mu);
-    memcpy(l->order, l->pool, (size_t)l->n * sizeof(int));
-    if (l->o.shuffle) {
-        Rng r;
-        rng_seed(&r, mix3(l->o.seed, (uint64_t)epoch + 1, 0x5EED));
-        for (int i = l->n - 1; i > 0; i--) { /* Fisher-Yates */
-            int j = (int)rng_below(&r, (uint64_t)i + 1);
-            int t = l->order[i]; l->order[i] = l->order[j]; l->order[j] = t;
-        }
-    }
+    loader_epoch_order(l, epoch, l->order);
     for (int s = 0; s < l->nslots; s++)
         l->slot_state[s] = SLOT_FREE;
     l->epoch = epoch;

@@ -71,6 +71,11 @@ int loader_start_epoch(Loader *l, int epoch, Error *err);
  * prepared (err names the file). */
 int loader_next(Loader *l, Batch *b, Error *err);
 
+/* The item order of epoch `epoch` (loader_size entries into order): what
+ * loader_start_epoch would hand out, for callers that replay an epoch from their
+ * own cache. */
+void loader_epoch_order(const Loader *l, int epoch, int *order);
+
 int loader_batches_per_epoch(const Loader *l);
 int loader_size(const Loader *l);   /* images per epoch */
 LoaderStats loader_stats(const Loader *l);

@@ -477,21 +477,11 @@ static int64_t rows_of(const Layer *conv)
     return (int64_t)conv->shape.n * conv->shape.oh * conv->shape.ow;
 }
 
-void resnet_forward(Resnet *m, const float *x, int n, int training)
+/* Blocks start..15 on their input `in`, then the head. */
+static void forward_rest(Resnet *m, int start, const float *in, int n, int training)
 {
-    assert(m->plan_training || !training); /* an inference plan cannot train */
     Layer *L = m->layers;
-    set_batch(m, n);
-    m->input = x;
-    m->trained_forward = training;
-
-    Layer *sc = &L[m->stem_conv];
-    conv_fwd(m, sc, m->stem_z, x);
-    bn_fwd(&L[m->stem_bn], m->stem_a, m->stem_z, rows_of(sc), training, 1);
-    maxpool_forward(m->pool, m->pool_arg, m->stem_a, n, m->s1, m->s1, 64, 3, 2, 1, m->s2, m->s2);
-
-    const float *in = m->pool;
-    for (int b = 0; b < RESNET_BLOCKS; b++) {
+    for (int b = start; b < RESNET_BLOCKS; b++) {
         Block *k = &m->blocks[b];
         Layer *c1 = &L[k->c1], *c2 = &L[k->c2], *c3 = &L[k->c3];
         conv_fwd(m, c1, k->z1, in);
@@ -512,9 +502,10 @@ void resnet_forward(Resnet *m, const float *x, int n, int training)
                                  rows, b3->cout);
         in = k->out;
     }
-
-    int hw = m->feat_hw * m->feat_hw;
-    avgpool_forward(m->feat, in, n, hw, FEATURES);
+    if (start < RESNET_BLOCKS) { /* from the head on, m->feat already holds the features */
+        int hw = m->feat_hw * m->feat_hw;
+        avgpool_forward(m->feat, in, n, hw, FEATURES);
+    }
     const float *head_in = m->feat;
     int head_dim = FEATURES;
     if (m->hidden_fc >= 0) {
@@ -529,6 +520,69 @@ void resnet_forward(Resnet *m, const float *x, int n, int training)
                     &m->dropout_rng);
     Layer *fc = &L[m->out_fc];
     dense_forward(m->logits, m->drop_in, fc->w, fc->b, n, fc->cin, fc->cout);
+}
+
+void resnet_forward(Resnet *m, const float *x, int n, int training)
+{
+    assert(m->plan_training || !training); /* an inference plan cannot train */
+    Layer *L = m->layers;
+    set_batch(m, n);
+    m->input = x;
+    m->trained_forward = training;
+    Layer *sc = &L[m->stem_conv];
+    conv_fwd(m, sc, m->stem_z, x);
+    bn_fwd(&L[m->stem_bn], m->stem_a, m->stem_z, rows_of(sc), training, 1);
+    maxpool_forward(m->pool, m->pool_arg, m->stem_a, n, m->s1, m->s1, 64, 3, 2, 1, m->s2, m->s2);
+    forward_rest(m, 0, m->pool, n, training);
+}
+
+int resnet_lowest_trainable_unit(const Resnet *m)
+{
+    if (m->layers[m->stem_conv].trainable || m->layers[m->stem_bn].trainable)
+        return -1;
+    for (int b = 0; b < RESNET_BLOCKS; b++) {
+        const Block *k = &m->blocks[b];
+        const int ids[8] = {k->c1, k->b1, k->c2, k->b2, k->c3, k->b3, k->cd, k->bd};
+        for (int i = 0; i < 8; i++)
+            if (ids[i] >= 0 && m->layers[ids[i]].trainable)
+                return b;
+    }
+    return RESNET_HEAD_UNIT;
+}
+
+/* The buffer that holds unit's input in a training plan. */
+static float *unit_input(const Resnet *m, int unit)
+{
+    if (unit == RESNET_HEAD_UNIT)
+        return m->feat;
+    return unit == 0 ? m->pool : m->blocks[unit - 1].out;
+}
+
+size_t resnet_unit_input_floats(const Resnet *m, int unit)
+{
+    if (unit == RESNET_HEAD_UNIT)
+        return FEATURES;
+    const Block *k = &m->blocks[unit];
+    return (size_t)k->h * k->w * m->layers[k->c1].cin;
+}
+
+const float *resnet_unit_input(const Resnet *m, int unit)
+{
+    return unit_input(m, unit);
+}
+
+void resnet_forward_from(Resnet *m, int unit, const float *act, int n, int training)
+{
+    assert(m->plan_training && unit >= 0 && unit <= RESNET_HEAD_UNIT);
+    set_batch(m, n);
+    m->input = NULL; /* the stem is not run: backward must not reach it */
+    m->trained_forward = training;
+    float *dst = unit_input(m, unit);
+    memcpy(dst, act, (size_t)n * resnet_unit_input_floats(m, unit) * sizeof(float));
+    if (unit == RESNET_HEAD_UNIT)
+        forward_rest(m, RESNET_BLOCKS, NULL, n, training);
+    else
+        forward_rest(m, unit, dst, n, training);
 }
 
 double resnet_loss(Resnet *m, const int *labels, const float *class_weight, float smoothing)

@@ -132,6 +132,26 @@ int resnet_plan_inference(Resnet *m, int batch, int size, Error *err);
  * x is borrowed until resnet_backward returns. Logits in m->logits ([n][classes]). */
 void resnet_forward(Resnet *m, const float *x, int n, int training);
 
+/* Units for starting a forward part-way: blocks 0..15, then the head (global
+ * pool onward). -1 stands for the stem. */
+#define RESNET_HEAD_UNIT RESNET_BLOCKS
+
+/* The lowest unit with a trainable layer (-1: the stem; RESNET_HEAD_UNIT: only
+ * the head trains). Everything below it is frozen and runs BN in inference mode,
+ * so its output for an image never changes: it can be computed once and cached. */
+int resnet_lowest_trainable_unit(const Resnet *m);
+
+/* Floats per image of the input of unit (block input h*w*c, or 2048 features). */
+size_t resnet_unit_input_floats(const Resnet *m, int unit);
+
+/* After a forward (training plan): the activation that fed unit, n images. */
+const float *resnet_unit_input(const Resnet *m, int unit);
+
+/* Forward from unit on, given its input act[n][resnet_unit_input_floats]
+ * (captured earlier with resnet_unit_input). Training plan only; nothing below
+ * unit may be trainable for a following resnet_backward. */
+void resnet_forward_from(Resnet *m, int unit, const float *act, int n, int training);
+
 /* Softmax cross-entropy of the last forward (see softmax_xent); fills m->probs and
  * m->dlogits. class_weight may be NULL. */
 double resnet_loss(Resnet *m, const int *labels, const float *class_weight, float smoothing);

@@ -174,22 +174,117 @@ static double monitored(const char *monitor, const EpochReport *r)
     return r->val_loss;
 }
 
+/* ---- frozen-prefix activation cache ------------------------------------------
+ * When everything below unit U is frozen (and so runs BN in inference mode) and
+ * augmentation is off, the input of U is a fixed function of the image: it is
+ * captured during the phase's first pass over each image and later epochs (and
+ * validation) start the forward at U. */
+typedef struct {
+    int unit;             /* -1: off */
+    size_t floats;        /* per image */
+    float *data;          /* [dataset items][floats] */
+    unsigned char *have;  /* per item */
+    int have_count[SPLIT_COUNT];
+    float *batch;         /* [batch][floats] */
+    int *order, *labels;
+} ActCache;
+
+static void act_cache_free(ActCache *c)
+{
+    free(c->data); free(c->have); free(c->batch); free(c->order); free(c->labels);
+    memset(c, 0, sizeof *c);
+    c->unit = -1;
+}
+
+/* Sets the cache up for the phase (off when not possible or over budget). */
+static void act_cache_phase(ActCache *c, const Resnet *m, const Dataset *ds, int augment,
+                            int batch, size_t budget)
+{
+    int unit = resnet_lowest_trainable_unit(m);
+    act_cache_free(c);
+    if (augment || unit < 0 || budget == 0)
+        return;
+    size_t floats = resnet_unit_input_floats(m, unit);
+    if ((double)floats * ds->n_items * sizeof(float) > (double)budget)
+        return;
+    c->data = malloc(floats * (size_t)ds->n_items * sizeof(float));
+    c->have = calloc((size_t)ds->n_items, 1);
+    c->batch = malloc(floats * (size_t)batch * sizeof(float));
+    c->order = malloc((size_t)ds->n_items * sizeof(int));
+    c->labels = malloc((size_t)batch * sizeof(int));
+    if (!c->data || !c->have || !c->batch || !c->order || !c->labels) {
+        act_cache_free(c); /* no memory: run uncached */
+        return;
+    }
+    c->unit = unit;
+    c->floats = floats;
+}
+
+/* Keeps the inputs of the cache's unit from the forward just run on items. */
+static void act_cache_capture(ActCache *c, const Resnet *m, const Dataset *ds, const int *items,
+                              int n)
+{
+    if (c->unit < 0)
+        return;
+    const float *src = resnet_unit_input(m, c->unit);
+    for (int i = 0; i < n; i++) {
+        int it = items[i];
+        if (c->have[it])
+            continue;
+        memcpy(c->data + (size_t)it * c->floats, src + (size_t)i * c->floats,
+               c->floats * sizeof(float));
+        c->have[it] = 1;
+        c->have_count[ds->items[it].split]++;
+    }
+}
+
+static int act_cache_complete(const ActCache *c, const Loader *l, int split)
+{
+    return c->unit >= 0 && c->have_count[split] == loader_size(l);
+}
+
+/* Forward of images order[first..first+n) from the cache; labels into c->labels. */
+static void act_cache_forward(ActCache *c, Resnet *m, const Dataset *ds, int first, int n,
+                              int training)
+{
+    for (int i = 0; i < n; i++) {
+        int it = c->order[first + i];
+        memcpy(c->batch + (size_t)i * c->floats, c->data + (size_t)it * c->floats,
+               c->floats * sizeof(float));
+        c->labels[i] = ds->items[it].label;
+    }
+    resnet_forward_from(m, c->unit, c->batch, n, training);
+}
+
 /* One pass over the val split in inference mode. */
-static int validate(Resnet *m, Loader *val, int epoch, const float *cw, float smoothing,
-                    Confusion *conf, double *loss, Error *err)
+static int validate(Resnet *m, Loader *val, const Dataset *ds, ActCache *cache, int epoch,
+                    const float *cw, float smoothing, Confusion *conf, double *loss, Error *err)
 {
     Batch b;
-    int rc;
+    int rc = 0;
     double sum = 0;
     int64_t n = 0;
     metrics_confusion_reset(conf);
-    if (loader_start_epoch(val, epoch, err))
-        return -1;
-    while ((rc = loader_next(val, &b, err)) == 1) {
-        resnet_forward(m, b.x, b.n, 0);
-        sum += resnet_loss(m, b.labels, cw, smoothing) * b.n;
-        n += b.n;
-        metrics_confusion_add(conf, b.labels, m->logits, b.n);
+    if (act_cache_complete(cache, val, SPLIT_VAL)) {
+        int total = loader_size(val), bs = m->batch;
+        loader_epoch_order(val, epoch, cache->order);
+        for (int first = 0; first < total; first += bs) {
+            int nb = total - first < bs ? total - first : bs;
+            act_cache_forward(cache, m, ds, first, nb, 0);
+            sum += resnet_loss(m, cache->labels, cw, smoothing) * nb;
+            n += nb;
+            metrics_confusion_add(conf, cache->labels, m->logits, nb);
+        }
+    } else {
+        if (loader_start_epoch(val, epoch, err))
+            return -1;
+        while ((rc = loader_next(val, &b, err)) == 1) {
+            resnet_forward(m, b.x, b.n, 0);
+            act_cache_capture(cache, m, ds, b.items, b.n);
+            sum += resnet_loss(m, b.labels, cw, smoothing) * b.n;
+            n += b.n;
+            metrics_confusion_add(conf, b.labels, m->logits, b.n);
+        }
     }
     if (rc < 0)
         return -1;
@@ -447,8 +542,11 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
     Confusion conf = {0};
     EpochMetrics em = {0};
     Checkpoint ck;
+    ActCache cache;
     int rc = -1;
     memset(&ck, 0, sizeof ck);
+    memset(&cache, 0, sizeof cache);
+    cache.unit = -1;
     memset(res, 0, sizeof *res);
 
     DatasetOptions dopt = dataset_default_options();
@@ -473,6 +571,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
     lo.seed = s->seed;
     lo.shuffle = 1;
     lo.augment = s->augment.hflip || s->augment.crop_max > 0;
+    const int lo_augment = lo.augment;
     if (loader_create(&train, &ds, SPLIT_TRAIN, &p, &lo, err))
         goto done;
     lo.shuffle = 0;
@@ -510,9 +609,18 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             error_wrap(err, "%s", where);
             goto done;
         }
+        act_cache_phase(&cache, m, &ds, lo_augment, s->batch_size,
+                        opt && opt->no_activation_cache ? 0
+                        : opt && opt->activation_cache_bytes ? opt->activation_cache_bytes
+                                                             : TRAIN_ACTIVATION_CACHE_DEFAULT);
         if (cb && cb->on_phase) {
-            char desc[256];
+            char desc[320];
             select_describe(m, desc, sizeof desc);
+            if (cache.unit >= 0) {
+                size_t len = strlen(desc);
+                snprintf(desc + len, sizeof desc - len, "; frozen part computed once (cached at %s)",
+                         cache.unit == RESNET_HEAD_UNIT ? "the head" : m->layers[m->blocks[cache.unit].c1].keras_name);
+            }
             cb->on_phase(cb->ctx, pi, ph, desc);
         }
         Optimizer optim;
@@ -541,27 +649,49 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             r.lr = schedule_lr(&sched, pe);
             double t0 = now_seconds(), loss_sum = 0;
             int64_t seen = 0, correct = 0;
-            int steps = loader_batches_per_epoch(train), step = 0, lrc;
+            int steps = loader_batches_per_epoch(train), step = 0, lrc = 0;
+            const int cached = act_cache_complete(&cache, train, SPLIT_TRAIN);
+            const int total_train = loader_size(train);
             Batch b;
-            if (loader_start_epoch(train, epoch, err)) {
+            if (cached)
+                loader_epoch_order(train, epoch, cache.order);
+            else if (loader_start_epoch(train, epoch, err)) {
                 optim_free(&optim);
                 goto done;
             }
-            while ((lrc = loader_next(train, &b, err)) == 1) {
-                resnet_zero_grad(m);
-                resnet_forward(m, b.x, b.n, 1);
-                double loss = resnet_loss(m, b.labels, cw, s->label_smoothing);
+            for (;;) {
+                const int *labels;
+                int nb;
+                if (cached) {
+                    int first = step * s->batch_size;
+                    if (first >= total_train)
+                        break;
+                    nb = total_train - first < s->batch_size ? total_train - first
+                                                             : s->batch_size;
+                    resnet_zero_grad(m);
+                    act_cache_forward(&cache, m, &ds, first, nb, 1);
+                    labels = cache.labels;
+                } else {
+                    if ((lrc = loader_next(train, &b, err)) != 1)
+                        break;
+                    nb = b.n;
+                    labels = b.labels;
+                    resnet_zero_grad(m);
+                    resnet_forward(m, b.x, b.n, 1);
+                    act_cache_capture(&cache, m, &ds, b.items, b.n);
+                }
+                double loss = resnet_loss(m, labels, cw, s->label_smoothing);
                 resnet_backward(m);
                 add_grad_norms(m, r.grad_norm);
                 optim_step(&optim, m, r.lr);
-                loss_sum += loss * b.n;
-                seen += b.n;
-                for (int i = 0; i < b.n; i++) {
+                loss_sum += loss * nb;
+                seen += nb;
+                for (int i = 0; i < nb; i++) {
                     const float *z = m->logits + (size_t)i * ds.n_classes;
                     int arg = 0;
                     for (int c = 1; c < ds.n_classes; c++)
                         if (z[c] > z[arg]) arg = c;
-                    correct += arg == b.labels[i];
+                    correct += arg == labels[i];
                 }
                 if (cb && cb->on_step)
                     cb->on_step(cb->ctx, epoch, step, steps, loss, r.lr);
@@ -582,7 +712,8 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             weight_changes(m, start_params, r.weight_change);
             r.train_loss = seen ? loss_sum / seen : NAN;
             r.train_accuracy = seen ? (double)correct / seen : NAN;
-            if (validate(m, val, epoch, cw, s->label_smoothing, &conf, &r.val_loss, err) ||
+            if (validate(m, val, &ds, &cache, epoch, cw, s->label_smoothing, &conf, &r.val_loss,
+                         err) ||
                 metrics_compute(&conf, &em, err)) {
                 optim_free(&optim);
                 goto done;
@@ -636,6 +767,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
     rc = 0;
 done:
     checkpoint_free(&ck);
+    act_cache_free(&cache);
     metrics_free(&em);
     metrics_confusion_free(&conf);
     free(best_params);

@@ -10,8 +10,9 @@
  * batches. Early stopping applies within a phase: when it triggers, the phase
  * ends (restoring its best weights if asked) and the next phase starts.
  *
- * Not yet here (issue 4, later): frozen-prefix activation caching, BN folding
- * for validation, the SQLite store.
+ * When a phase trains only from some block up and augmentation is off, the
+ * frozen part's output is computed once per image and reused (in memory within
+ * a budget; spilling to disk and BN folding are not implemented yet).
  */
 #ifndef RESNETD_TRAIN_H
 #define RESNETD_TRAIN_H
@@ -83,7 +84,13 @@ typedef struct {
      * uninterrupted one would have (shuffles and augmentation are seeded by job
      * seed and epoch). A checkpoint of another job is an error. */
     int resume;
+    /* Frozen-prefix activation cache (see train.c): memory budget in bytes (0: the
+     * default TRAIN_ACTIVATION_CACHE_DEFAULT); no_activation_cache turns it off. */
+    size_t activation_cache_bytes;
+    int no_activation_cache;
 } TrainOptions;
+
+#define TRAIN_ACTIVATION_CACHE_DEFAULT ((size_t)2 << 30)
 
 /* Runs the job (opt may be NULL). Returns 0 when it ran to the end (or was
  * cancelled: see result->cancelled), -1 with the reason otherwise. */

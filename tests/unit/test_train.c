@@ -369,7 +369,7 @@ static void test_checkpoint_resume_matches(void **state)
 
     char ckpt[4096];
     snprintf(ckpt, sizeof ckpt, "%s", testutil_tmp_path("job.ckpt"));
-    TrainOptions to = {ckpt, 1};
+    TrainOptions to = {ckpt, 1, 0, 0};
     Curve b;
     memset(&b, 0, sizeof b);
     b.cancel_after = 2;
@@ -413,6 +413,76 @@ static void test_checkpoint_resume_matches(void **state)
     jobspec_free(&s);
 }
 
+typedef struct {
+    Curve curve;
+    int cached_phases;
+    double seconds[8];
+} CacheRun;
+
+static void cache_phase(void *ctx, int phase, const PhaseSpec *ph, const char *describe)
+{
+    (void)phase; (void)ph;
+    ((CacheRun *)ctx)->cached_phases += strstr(describe, "computed once") != NULL;
+}
+
+static void cache_epoch(void *ctx, const EpochReport *r)
+{
+    CacheRun *c = ctx;
+    c->seconds[c->curve.n] = r->seconds;
+    curve_epoch(ctx, r);
+}
+
+/* With the frozen part computed once, a head phase and a stage:5 phase give the
+ * metrics of the uncached run (to 1e-5), faster. */
+static void test_activation_cache_matches(void **state)
+{
+    (void)state;
+    Error err;
+    ResnetConfig cfg = {RESNET_KERAS, 4, 0, 0.0f};
+    Resnet *src;
+    if (resnet_create(&src, &cfg, &err))
+        fail_msg("%s", err.msg);
+    resnet_init_random(src, 5);
+    const char *wpath = testutil_tmp_path("pre-keras.safetensors");
+    if (weights_save(src, wpath, NAMING_KERAS, WEIGHTS_PARAMS, "torch", NULL, 0, &err))
+        fail_msg("%s", err.msg);
+    resnet_free(src);
+    char extra[4200];
+    snprintf(extra, sizeof extra, ", \"weights\": \"%s\"", wpath);
+    JobSpec s = parse("{\"dataset\": \"%s\"%s, \"input_size\": 32, \"batch_size\": 16,"
+                      " \"head\": {\"hidden\": 8, \"dropout\": 0.2}, \"seed\": 4,"
+                      " \"phases\": [{\"epochs\": 3, \"train\": \"head\","
+                      "   \"optimizer\": {\"type\": \"adam\", \"lr\": 0.01}},"
+                      "  {\"epochs\": 2, \"train\": \"stage:5\", \"bn\": \"train\","
+                      "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01, \"momentum\": 0.9}}]}", extra);
+    CacheRun plain, cached;
+    memset(&plain, 0, sizeof plain);
+    memset(&cached, 0, sizeof cached);
+    TrainOptions off = {NULL, 0, 0, 1}, on = {NULL, 0, 0, 0};
+    TrainResult res;
+    TrainCallbacks cb = {&plain, cache_phase, on_step, cache_epoch, NULL, NULL};
+    if (train_run(&s, &off, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    cb.ctx = &cached;
+    if (train_run(&s, &on, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(plain.cached_phases, 0);
+    assert_int_equal(cached.cached_phases, 2);
+    assert_int_equal(plain.curve.n, 5);
+    assert_int_equal(cached.curve.n, 5);
+    for (int e = 0; e < 5; e++) {
+        print_message("  epoch %d: val loss %.6f / %.6f, %.2f s / %.2f s\n", e + 1,
+                      plain.curve.val_loss[e], cached.curve.val_loss[e], plain.seconds[e],
+                      cached.seconds[e]);
+        assert_true(fabs(plain.curve.train_loss[e] - cached.curve.train_loss[e]) <=
+                    1e-5 * fabs(plain.curve.train_loss[e]));
+        assert_true(fabs(plain.curve.val_loss[e] - cached.curve.val_loss[e]) <=
+                    1e-5 * fabs(plain.curve.val_loss[e]));
+        assert_true(fabs(plain.curve.val_acc[e] - cached.curve.val_acc[e]) <= 1e-5);
+    }
+    jobspec_free(&s);
+}
+
 int main(int argc, char **argv)
 {
     testutil_init(argc, argv);
@@ -423,6 +493,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_bad_job_inputs),
         cmocka_unit_test(test_export_and_predict),
         cmocka_unit_test(test_checkpoint_resume_matches),
+        cmocka_unit_test(test_activation_cache_matches),
     };
     return cmocka_run_group_tests(tests, setup, NULL);
 }
