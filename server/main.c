@@ -26,6 +26,7 @@ static int usage(FILE *out)
             "  version                  print the version and the BLAS kernel in use\n"
             "  inspect FILE.safetensors print variant, tensor count, parameter count, metadata\n"
             "  train SPEC.json [--export OUT.safetensors] [--checkpoint FILE [--resume]]\n"
+            "                [--no-cache]\n"
             "                           run one fine-tuning job in the foreground (docs/jobs.md)\n"
             "  predict WEIGHTS IMAGE... [--top K] [--json]\n"
             "                           top-k classes of images with exported weights\n"
@@ -145,7 +146,7 @@ static void train_on_epoch(void *ctx, const EpochReport *r)
 static int cmd_train(int argc, char **argv)
 {
     const char *export_path = NULL, *spec_path = NULL;
-    TrainOptions topt = {NULL, 0};
+    TrainOptions topt = {NULL, 0, 0, 0};
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--export") && i + 1 < argc)
             export_path = argv[++i];
@@ -153,6 +154,8 @@ static int cmd_train(int argc, char **argv)
             topt.checkpoint_path = argv[++i];
         else if (!strcmp(argv[i], "--resume"))
             topt.resume = 1;
+        else if (!strcmp(argv[i], "--no-cache"))
+            topt.no_activation_cache = 1;
         else if (!spec_path && argv[i][0] != '-')
             spec_path = argv[i];
         else
@@ -160,7 +163,7 @@ static int cmd_train(int argc, char **argv)
     }
     if (!spec_path || (topt.resume && !topt.checkpoint_path)) {
         fprintf(stderr, "usage: resnetd train SPEC.json [--export OUT.safetensors] "
-                        "[--checkpoint FILE [--resume]]\n");
+                        "[--checkpoint FILE [--resume]] [--no-cache]\n");
         return 2;
     }
     argv[0] = (char *)spec_path;
