@@ -28,12 +28,13 @@ C argmax, like numpy's, takes the first maximum.
 The stamp metrics_reference.stamp holds the hash of this script and the numpy
 version; the file is regenerated only when it changes.
 """
-import hashlib
-import json
 import os
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import refdata  # noqa: E402
 
 # name, k, n, seed, classes never given as labels, classes never predicted
 CASES = [
@@ -109,11 +110,8 @@ def check(case, exp):
 
 def main():
     out = sys.argv[1]
-    os.makedirs(out, exist_ok=True)
-    with open(__file__, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest() + " numpy " + np.__version__
-    stamp = os.path.join(out, "metrics_reference.stamp")
-    if os.path.exists(stamp) and open(stamp).read() == digest:
+    stamp = refdata.Stamp(out, "metrics_reference", __file__, "numpy " + np.__version__)
+    if stamp.fresh():
         print("metrics reference data up to date in", out)
         return
     cases = []
@@ -130,12 +128,7 @@ def main():
                                                          exp["balanced_accuracy"]))
     assert ties > 0, "no tied rows: the argmax tie rule would go untested"
     print("%d tied rows" % ties)
-    path = os.path.join(out, "metrics_reference.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({"cases": cases}, f)
-    os.replace(path + ".tmp", path)
-    with open(stamp, "w") as f:
-        f.write(digest)
+    stamp.write_json("metrics_reference.json", {"cases": cases})
 
 
 if __name__ == "__main__":

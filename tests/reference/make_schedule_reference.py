@@ -28,13 +28,14 @@ as floats; the numbers in the JSON are the exact doubles the C code receives.
 The stamp schedule_reference.stamp holds the hash of this script and the torch
 version; the file is regenerated only when it changes.
 """
-import hashlib
-import json
 import math
 import os
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import refdata  # noqa: E402
 import torch
 
 
@@ -135,23 +136,15 @@ def check(cases):
 
 def main():
     out = sys.argv[1]
-    os.makedirs(out, exist_ok=True)
-    with open(__file__, "rb") as fh:
-        digest = hashlib.sha256(fh.read()).hexdigest() + " torch " + torch.__version__
-    stamp = os.path.join(out, "schedule_reference.stamp")
-    if os.path.exists(stamp) and open(stamp).read() == digest:
+    stamp = refdata.Stamp(out, "schedule_reference", __file__, "torch " + torch.__version__)
+    if stamp.fresh():
         print("schedule reference data up to date in", out)
         return
     cases = [run_case(c) for c in CASES]
     check(cases)
     for c in cases:
         print("case %-24s lr %s" % (c["name"], " ".join("%.4g" % v for v in c["lr"][:12])))
-    path = os.path.join(out, "schedule_reference.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump({"cases": cases}, f)
-    os.replace(path + ".tmp", path)
-    with open(stamp, "w") as f:
-        f.write(digest)
+    stamp.write_json("schedule_reference.json", {"cases": cases})
 
 
 if __name__ == "__main__":
