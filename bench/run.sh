@@ -49,12 +49,28 @@ fi
 loader=$("$build/bench/bench_loader" --data "$data" --size 64 --batch 32 --train-steps 8)
 $PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("\nloader (%d images %dx%d, batch %d): %.0f img/s decoded+preprocessed on 1 thread, %.0f on 2, %.0f from the cache; %d training steps waited %.1f%% of %.1f s for data" % (r["images"], r["size"], r["size"], r["batch"], r["decode_images_per_s_1_thread"], r["decode_images_per_s_2_threads"], r["cached_images_per_s"], r["train_steps"], 100 * r["waiting_share"], r["train_seconds"]))' "$loader"
 
+# frozen training: resnetd computes the frozen part once per image (second epoch of
+# a phase), PyTorch runs the whole forward every step (its naive frozen training)
+frozen=()
+for sel in head stage5; do
+  train=$([ "$sel" = head ] && echo head || echo stage:5)
+  cat > "$build/bench-data/frozen-$sel.json" <<JSON
+{"dataset": "$(realpath "$data")", "weights": "random", "preprocess": "torch", "input_size": 64,
+ "batch_size": 32, "seed": 1, "val_fraction": 0.1,
+ "phases": [{"epochs": 2, "train": "$train", "optimizer": {"type": "sgd", "lr": 0.01, "momentum": 0.9}}]}
+JSON
+  ours=$("$build/resnetd" train "$build/bench-data/frozen-$sel.json" 2>/dev/null | grep '^epoch 2/2' | sed 's/.* \([0-9.]*\) img\/s.*/\1/')
+  theirs=$($PY bench/torch_bench.py --mode train --size 64 --batch 32 --steps "$steps" --threads 2 --freeze "$sel" | $PY -c 'import json,sys; print(json.load(sys.stdin)["images_per_s"])')
+  frozen+=("{\"case\": \"frozen_${sel}_64_b32\", \"resnetd_cached_epoch_images_per_s\": $ours, \"pytorch_images_per_s\": $theirs, \"speed_ratio\": $($PY -c "print(round($ours / $theirs, 2))")}")
+  printf '%-15s %14.1f %14.1f %7.2f   (resnetd: 2nd epoch of a %s phase, frozen part cached; PyTorch: full forward each step)\n' "frozen_$sel" "$ours" "$theirs" "$($PY -c "print($ours / $theirs)")" "$train"
+done
+
 {
   echo '{"blas_kernel": "'"$("$build/resnetd" version | sed -n 's/^blas: OpenBLAS kernel \([^ ]*\).*/\1/p')"'", "steps": '"$steps"', "rounds": '"$rounds"', "cases": ['
   for i in "${!results[@]}"; do
     [ "$i" -gt 0 ] && echo ","
     echo "${results[$i]}"
   done
-  echo '], "loader": '"$loader"'}'
+  echo '], "frozen": ['"$(IFS=,; echo "${frozen[*]}")"'], "loader": '"$loader"'}'
 } > bench/last.json
 echo "wrote bench/last.json (ratio = resnetd / PyTorch; speed > 1 and memory < 1 favour resnetd)"

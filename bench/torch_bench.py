@@ -38,6 +38,11 @@ def main():
             keep = ("fc.",) if a.freeze == "head" else ("fc.", "layer4.")
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith(keep))
+            # same semantics as resnetd's frozen layers (BN in inference mode), computed
+            # naively: the whole forward runs at every step
+            for name, mod in model.named_modules():
+                if isinstance(mod, torch.nn.BatchNorm2d) and not name.startswith(keep):
+                    mod.eval()
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
     else:
