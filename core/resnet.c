@@ -734,8 +734,10 @@ void resnet_backward(Resnet *m)
         float *gin = block_backward(m, k, in, ga, gb, gc, need_in);
         if (!need_in)
             break;
-        float *t = ga; ga = gin; gc = (gin == gc) ? t : gc;
-        (void)t;
+        /* the input gradient (always in gc) feeds the next block down; the old
+         * output gradient's buffer becomes scratch */
+        gc = ga;
+        ga = gin;
     }
     if (lowest >= 0)
         return;

@@ -11,8 +11,9 @@
  * ends (restoring its best weights if asked) and the next phase starts.
  *
  * When a phase trains only from some block up and augmentation is off, the
- * frozen part's output is computed once per image and reused (in memory within
- * a budget; spilling to disk and BN folding are not implemented yet).
+ * frozen part's output is computed once per image and reused, in memory: a
+ * phase whose cache would exceed the budget runs uncached. Validation runs the
+ * frozen part as plain inference (BN kept separate from the convolutions).
  */
 #ifndef RESNETD_TRAIN_H
 #define RESNETD_TRAIN_H

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <errno.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -146,6 +147,7 @@ static void train_on_epoch(void *ctx, const EpochReport *r)
 static int cmd_train(int argc, char **argv)
 {
     const char *export_path = NULL, *spec_path = NULL;
+    int bad_args = 0;
     TrainOptions topt = {NULL, 0, 0, 0};
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--export") && i + 1 < argc)
@@ -159,31 +161,31 @@ static int cmd_train(int argc, char **argv)
         else if (!spec_path && argv[i][0] != '-')
             spec_path = argv[i];
         else
-            spec_path = NULL, i = argc; /* usage below */
+            bad_args = 1;
     }
-    if (!spec_path || (topt.resume && !topt.checkpoint_path)) {
+    if (bad_args || !spec_path || (topt.resume && !topt.checkpoint_path)) {
         fprintf(stderr, "usage: resnetd train SPEC.json [--export OUT.safetensors] "
                         "[--checkpoint FILE [--resume]] [--no-cache]\n");
         return 2;
     }
-    argv[0] = (char *)spec_path;
-    FILE *f = fopen(argv[0], "rb");
+    FILE *f = fopen(spec_path, "rb");
     if (!f) {
-        perror(argv[0]);
+        fprintf(stderr, "resnetd train: %s: %s\n", spec_path, strerror(errno));
         return 1;
     }
     static char buf[1 << 20];
     size_t n = fread(buf, 1, sizeof buf, f);
-    int too_big = !feof(f);
+    int read_error = ferror(f), too_big = !read_error && !feof(f);
     fclose(f);
-    if (too_big) {
-        fprintf(stderr, "resnetd train: %s: larger than 1 MiB\n", argv[0]);
+    if (read_error || too_big) {
+        fprintf(stderr, "resnetd train: %s: %s\n", spec_path,
+                read_error ? "read error" : "larger than 1 MiB");
         return 1;
     }
     JobSpec spec;
     Error err;
     if (jobspec_parse(&spec, buf, n, NULL, 0, &err)) {
-        fprintf(stderr, "resnetd train: %s: %s\n", argv[0], err.msg);
+        fprintf(stderr, "resnetd train: %s: %s\n", spec_path, err.msg);
         return 1;
     }
     struct sigaction sa;
