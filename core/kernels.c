@@ -138,16 +138,13 @@ static void add_bias_rows(float *y, const float *b, int64_t m, int c)
         memcpy(y + r * c, b, (size_t)c * sizeof(float));
 }
 
-void conv2d_forward(float *y, const float *x, const float *w, const float *b,
-                    const ConvShape *s, float *ws)
+/* y = conv(x, w) + beta * y: the im2col (or, for 1x1 stride 1, direct) sgemm that
+ * both forward entry points share. */
+static void conv_gemm(float *y, const float *x, const float *w, const ConvShape *s, float *ws,
+                      float beta)
 {
     const int K = s->k * s->k * s->cin;
     const int64_t m = (int64_t)s->n * s->oh * s->ow;
-    float beta = 0.0f;
-    if (b) {
-        add_bias_rows(y, b, m, s->cout);
-        beta = 1.0f;
-    }
     if (conv_is_pointwise(s)) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)m, s->cout, K, 1.0f, x, K,
                     w, s->cout, beta, y, s->cout);
@@ -161,6 +158,72 @@ void conv2d_forward(float *y, const float *x, const float *w, const float *b,
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)(nimg * rows_per_img),
                     s->cout, K, 1.0f, ws, K, w, s->cout, beta,
                     y + n0 * rows_per_img * s->cout, s->cout);
+    }
+}
+
+void conv2d_forward(float *y, const float *x, const float *w, const float *b,
+                    const ConvShape *s, float *ws)
+{
+    float beta = 0.0f;
+    if (b) {
+        add_bias_rows(y, b, (int64_t)s->n * s->oh * s->ow, s->cout);
+        beta = 1.0f;
+    }
+    conv_gemm(y, x, w, s, ws, beta);
+}
+
+/* y = act(y + b + residual) over rows of c channels, in place; residual may be
+ * NULL, b may not (conv2d_forward_fused passes zeros). One loop per case, so that
+ * each element is read and written once and every loop vectorises. */
+KERNEL_CLONES
+static void rows_epilogue(float *restrict y, const float *restrict b,
+                          const float *restrict residual, int64_t rows, int c, int relu)
+{
+    for (int64_t r = 0; r < rows; r++) {
+        float *yr = y + r * c;
+        const float *rr = residual ? residual + r * c : NULL;
+        if (rr && relu) {
+            for (int j = 0; j < c; j++) {
+                float v = yr[j] + b[j] + rr[j];
+                yr[j] = v > 0.0f ? v : 0.0f;
+            }
+        } else if (rr) {
+            for (int j = 0; j < c; j++)
+                yr[j] = yr[j] + b[j] + rr[j];
+        } else if (relu) {
+            for (int j = 0; j < c; j++) {
+                float v = yr[j] + b[j];
+                yr[j] = v > 0.0f ? v : 0.0f;
+            }
+        } else {
+            for (int j = 0; j < c; j++)
+                yr[j] += b[j];
+        }
+    }
+}
+
+/* The bias of a fused convolution without one. */
+static const float ZERO_BIAS[KERNEL_MAX_CHANNELS];
+
+/* Rows per epilogue task: a few rows of up to 2048 channels, many tasks per thread. */
+#define EPILOGUE_ROWS 64
+
+void conv2d_forward_fused(float *y, const float *x, const float *w, const float *b,
+                          const float *residual, int relu, const ConvShape *s, float *ws)
+{
+    conv_gemm(y, x, w, s, ws, 0.0f);
+    if (!b && !residual && !relu)
+        return;
+    const int64_t m = (int64_t)s->n * s->oh * s->ow;
+    const int c = s->cout;
+    assert(b || c <= KERNEL_MAX_CHANNELS);
+    if (!b)
+        b = ZERO_BIAS;
+    const int64_t nchunks = (m + EPILOGUE_ROWS - 1) / EPILOGUE_ROWS;
+    #pragma omp parallel for schedule(static)
+    for (int64_t ch = 0; ch < nchunks; ch++) {
+        int64_t r0 = ch * EPILOGUE_ROWS, r1 = r0 + EPILOGUE_ROWS < m ? r0 + EPILOGUE_ROWS : m;
+        rows_epilogue(y + r0 * c, b, residual ? residual + r0 * c : NULL, r1 - r0, c, relu);
     }
 }
 

@@ -38,6 +38,14 @@ size_t conv_workspace_floats(const ConvShape *s);
 void conv2d_forward(float *y, const float *x, const float *w, const float *b,
                     const ConvShape *s, float *ws);
 
+/* y[n,oh,ow,cout] = act(conv(x, w) + b[cout] + residual[n,oh,ow,cout]), act = max(., 0)
+ * when relu, else identity: a convolution with its BatchNorm folded into w and b
+ * (inference mode) and the block's epilogue, in one sgemm and one pass over y.
+ * b and residual may be NULL (without b, cout <= KERNEL_MAX_CHANNELS). Overwrites y,
+ * which must alias neither x nor residual. ws as for conv2d_forward. */
+void conv2d_forward_fused(float *y, const float *x, const float *w, const float *b,
+                          const float *residual, int relu, const ConvShape *s, float *ws);
+
 /* Given dy[n,oh,ow,cout]: dw[k,k,cin,cout] += im2col(x)^T dy (when dw); db += sum of
  * dy over rows (when db); dx = dy w^T scattered back (when dx): overwrites dx, or
  * adds into it when accumulate_dx is non-zero. */

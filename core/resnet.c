@@ -186,6 +186,7 @@ void resnet_free(Resnet *m)
         return;
     free(m->param_data);
     free(m->grad_data);
+    free(m->fold_data);
     free(m->arena);
     free(m->pool_arg);
     free(m);
@@ -443,6 +444,14 @@ static void conv_fwd(Resnet *m, Layer *l, float *y, const float *x)
     conv2d_forward(y, x, l->w, l->b, &l->shape, m->ws);
 }
 
+/* A folded conv+BN pair (resnet_fold_frozen): y = act(conv(x, fw) + fb + residual). */
+static void conv_fused_fwd(Resnet *m, Layer *l, float *y, const float *x, const float *residual,
+                           int relu)
+{
+    assert(l->folded);
+    conv2d_forward_fused(y, x, l->fw, l->fb, residual, relu, &l->shape, m->ws);
+}
+
 /* Fills l->mean/l->invstd with the statistics this forward uses, and updates the
  * running statistics when they come from the batch. */
 static void bn_stats(Layer *l, const float *x, int64_t rows, int use_batch)
@@ -477,29 +486,49 @@ static int64_t rows_of(const Layer *conv)
     return (int64_t)conv->shape.n * conv->shape.oh * conv->shape.ow;
 }
 
-/* Blocks start..15 on their input `in`, then the head. */
+/* Blocks start..15 on their input `in`, then the head. A folded conv writes its
+ * BN's output directly and leaves the conv output (z1, z2, z3) and the BN's
+ * mean/invstd unwritten: only the frozen prefix folds, and backward never reads
+ * it. Inference plan aliasing (z1 == a1, z2 == a2, z3 == out, g[0] == zd, in and
+ * out the two rotating buffers): a fused conv writes a1 from in, a2 from a1, zd from
+ * in, out from a2 and the residual (zd or in), so none writes a buffer it reads. */
 static void forward_rest(Resnet *m, int start, const float *in, int n, int training)
 {
     Layer *L = m->layers;
     for (int b = start; b < RESNET_BLOCKS; b++) {
         Block *k = &m->blocks[b];
         Layer *c1 = &L[k->c1], *c2 = &L[k->c2], *c3 = &L[k->c3];
-        conv_fwd(m, c1, k->z1, in);
-        bn_fwd(&L[k->b1], k->a1, k->z1, rows_of(c1), training, 1);
-        conv_fwd(m, c2, k->z2, k->a1);
-        bn_fwd(&L[k->b2], k->a2, k->z2, rows_of(c2), training, 1);
-        conv_fwd(m, c3, k->z3, k->a2);
+        if (c1->folded) {
+            conv_fused_fwd(m, c1, k->a1, in, NULL, 1);
+        } else {
+            conv_fwd(m, c1, k->z1, in);
+            bn_fwd(&L[k->b1], k->a1, k->z1, rows_of(c1), training, 1);
+        }
+        if (c2->folded) {
+            conv_fused_fwd(m, c2, k->a2, k->a1, NULL, 1);
+        } else {
+            conv_fwd(m, c2, k->z2, k->a1);
+            bn_fwd(&L[k->b2], k->a2, k->z2, rows_of(c2), training, 1);
+        }
         int64_t rows = rows_of(c3);
         const float *residual = in;
-        if (k->cd >= 0) {
+        if (k->cd >= 0 && L[k->cd].folded) {
+            conv_fused_fwd(m, &L[k->cd], k->zd, in, NULL, 0);
+            residual = k->zd;
+        } else if (k->cd >= 0) {
             conv_fwd(m, &L[k->cd], k->zd, in);
             bn_fwd(&L[k->bd], m->g[0], k->zd, rows, training, 0);
             residual = m->g[0];
         }
-        Layer *b3 = &L[k->b3];
-        bn_stats(b3, k->z3, rows, training && b3->batch_stats);
-        batchnorm_apply_add_relu(k->out, k->z3, b3->mean, b3->invstd, b3->w, b3->b, residual,
-                                 rows, b3->cout);
+        if (c3->folded) {
+            conv_fused_fwd(m, c3, k->out, k->a2, residual, 1);
+        } else {
+            conv_fwd(m, c3, k->z3, k->a2);
+            Layer *b3 = &L[k->b3];
+            bn_stats(b3, k->z3, rows, training && b3->batch_stats);
+            batchnorm_apply_add_relu(k->out, k->z3, b3->mean, b3->invstd, b3->w, b3->b,
+                                     residual, rows, b3->cout);
+        }
         in = k->out;
     }
     if (start < RESNET_BLOCKS) { /* from the head on, m->feat already holds the features */
@@ -530,8 +559,12 @@ void resnet_forward(Resnet *m, const float *x, int n, int training)
     m->input = x;
     m->trained_forward = training;
     Layer *sc = &L[m->stem_conv];
-    conv_fwd(m, sc, m->stem_z, x);
-    bn_fwd(&L[m->stem_bn], m->stem_a, m->stem_z, rows_of(sc), training, 1);
+    if (sc->folded) { /* the inference plan's stem_z == stem_a is never read here */
+        conv_fused_fwd(m, sc, m->stem_a, x, NULL, 1);
+    } else {
+        conv_fwd(m, sc, m->stem_z, x);
+        bn_fwd(&L[m->stem_bn], m->stem_a, m->stem_z, rows_of(sc), training, 1);
+    }
     maxpool_forward(m->pool, m->pool_arg, m->stem_a, n, m->s1, m->s1, 64, 3, 2, 1, m->s2, m->s2);
     forward_rest(m, 0, m->pool, n, training);
 }
@@ -548,6 +581,101 @@ int resnet_lowest_trainable_unit(const Resnet *m)
                 return b;
     }
     return RESNET_HEAD_UNIT;
+}
+
+/* ---- BatchNorm folding ------------------------------------------------------ */
+
+/* The (conv, BN) pairs of the frozen prefix that fold (see resnet_fold_frozen);
+ * returns their number. */
+static int frozen_pairs(const Resnet *m, int (*pairs)[2])
+{
+    int unit = resnet_lowest_trainable_unit(m), np = 0;
+    if (unit > -1) {
+        pairs[np][0] = m->stem_conv;
+        pairs[np++][1] = m->stem_bn;
+    }
+    for (int b = 0; b < unit && b < RESNET_BLOCKS; b++) {
+        const Block *k = &m->blocks[b];
+        const int ids[4][2] = {{k->c1, k->b1}, {k->c2, k->b2}, {k->c3, k->b3}, {k->cd, k->bd}};
+        for (int i = 0; i < 4; i++)
+            if (ids[i][0] >= 0) {
+                pairs[np][0] = ids[i][0];
+                pairs[np++][1] = ids[i][1];
+            }
+    }
+    int kept = 0; /* a BN that uses batch statistics in training forwards stays as it is */
+    for (int i = 0; i < np; i++)
+        if (!m->layers[pairs[i][1]].batch_stats) {
+            pairs[kept][0] = pairs[i][0];
+            pairs[kept++][1] = pairs[i][1];
+        }
+    return kept;
+}
+
+static size_t fold_floats_of(const Layer *conv)
+{
+    size_t nw = (size_t)conv->k * conv->k * conv->cin * conv->cout;
+    return ((nw + 15) & ~(size_t)15) + (((size_t)conv->cout + 15) & ~(size_t)15);
+}
+
+/* Writes conv's folded weight and bias into conv->fw and conv->fb. */
+static void fold_pair(Layer *conv, const Layer *bn)
+{
+    const int c = conv->cout;
+    assert(c == bn->cout && c <= KERNEL_MAX_CHANNELS);
+    float scale[KERNEL_MAX_CHANNELS];
+    for (int o = 0; o < c; o++) {
+        double s = (double)bn->w[o] / sqrt((double)bn->rvar[o] + (double)bn->eps);
+        double bias = conv->has_bias ? (double)conv->b[o] : 0.0;
+        scale[o] = (float)s;
+        conv->fb[o] = (float)((double)bn->b[o] + (bias - (double)bn->rmean[o]) * s);
+    }
+    const int64_t rows = (int64_t)conv->k * conv->k * conv->cin; /* HWIO: cout innermost */
+    const float *w = conv->w;
+    float *fw = conv->fw;
+    #pragma omp parallel for schedule(static)
+    for (int64_t r = 0; r < rows; r++)
+        for (int o = 0; o < c; o++)
+            fw[r * c + o] = w[r * c + o] * scale[o];
+}
+
+int resnet_fold_frozen(Resnet *m, Error *err)
+{
+    resnet_unfold(m);
+    int pairs[RESNET_MAX_LAYERS][2];
+    const int np = frozen_pairs(m, pairs);
+    size_t need = 0;
+    for (int i = 0; i < np; i++)
+        need += fold_floats_of(&m->layers[pairs[i][0]]);
+    /* grow when short; shrink when more than half would sit unused */
+    if (need > m->fold_floats || need < m->fold_floats / 2) {
+        float *data = NULL;
+        if (need && !(data = aligned_alloc(64, need * sizeof(float))))
+            return error_set(err, "out of memory folding BatchNorm into %d frozen convolutions "
+                             "(%.1f MiB)", np, need * 4.0 / 1048576.0);
+        free(m->fold_data);
+        m->fold_data = data;
+        m->fold_floats = need;
+    }
+    size_t off = 0;
+    for (int i = 0; i < np; i++) {
+        Layer *conv = &m->layers[pairs[i][0]];
+        size_t nw = (size_t)conv->k * conv->k * conv->cin * conv->cout;
+        conv->fw = m->fold_data + off;
+        conv->fb = m->fold_data + off + ((nw + 15) & ~(size_t)15);
+        off += fold_floats_of(conv);
+        fold_pair(conv, &m->layers[pairs[i][1]]);
+        conv->folded = 1;
+    }
+    return 0;
+}
+
+void resnet_unfold(Resnet *m)
+{
+    for (int i = 0; i < m->n_layers; i++) {
+        m->layers[i].folded = 0;
+        m->layers[i].fw = m->layers[i].fb = NULL;
+    }
 }
 
 /* The buffer that holds unit's input in a training plan. */
@@ -683,6 +811,21 @@ static float *block_backward(Resnet *m, Block *k, const float *in, float *ga, fl
     return gc;
 }
 
+/* Whether a conv of a unit >= lowest (-1 the stem) runs folded: backward would then
+ * read conv outputs and BN statistics that the forward did not write. */
+static int folded_at_or_above(const Resnet *m, int lowest)
+{
+    if (lowest < 0 && m->layers[m->stem_conv].folded)
+        return 1;
+    for (int b = lowest < 0 ? 0 : lowest; b < RESNET_BLOCKS; b++) {
+        const Block *k = &m->blocks[b];
+        if (m->layers[k->c1].folded || m->layers[k->c2].folded || m->layers[k->c3].folded ||
+            (k->cd >= 0 && m->layers[k->cd].folded))
+            return 1;
+    }
+    return 0;
+}
+
 void resnet_backward(Resnet *m)
 {
     assert(m->plan_training);
@@ -696,6 +839,10 @@ void resnet_backward(Resnet *m)
     else
         for (int b = 0; b < RESNET_BLOCKS; b++)
             if (block_has_trainable(m, &m->blocks[b])) { lowest = b; break; }
+    /* the trainable flags changed since resnet_fold_frozen without a refold */
+    int stale_fold = folded_at_or_above(m, lowest);
+    assert(!stale_fold);
+    (void)stale_fold;
 
     /* head */
     Layer *fc = &L[m->out_fc];

@@ -8,7 +8,8 @@
  *
  * Memory: parameters (with BN running statistics), gradients, and activations
  * each live in one allocation with named views. Activations are planned once per
- * (batch, input size) by resnet_plan.
+ * (batch, input size) by resnet_plan. Convolutions with their BatchNorm folded in
+ * (resnet_fold_frozen) have their weights in a fourth.
  *
  * Names: every parameter has a canonical torchvision-style name
  * ("layer1.0.conv1.weight", "bn1.running_mean", "fc.weight", "head.hidden.weight",
@@ -52,6 +53,9 @@ typedef struct {
     float *rmean, *rvar;  /* BN running statistics */
     float *mean, *invstd; /* BN statistics used by the last forward (activation arena) */
     ConvShape shape;      /* conv geometry for the planned batch and size */
+    int folded;           /* conv: runs with its BN folded in (resnet_fold_frozen) */
+    float *fw, *fb;       /* conv, when folded: weight and bias with the BN folded in
+                           * (views into Resnet.fold_data) */
 } Layer;
 
 typedef enum {
@@ -86,6 +90,8 @@ typedef struct Resnet {
     float *param_data;   /* every parameter and running statistic, one allocation */
     float *grad_data;    /* same layout; running statistics have no gradient */
     size_t n_floats;
+    float *fold_data;    /* folded conv weights and biases (resnet_fold_frozen), owned */
+    size_t fold_floats;
     Block blocks[RESNET_BLOCKS];
     int stem_conv, stem_bn, hidden_fc, out_fc; /* layer indices (hidden_fc -1 if none) */
 
@@ -163,8 +169,32 @@ void resnet_backward(Resnet *m);
 void resnet_zero_grad(Resnet *m);
 
 /* Sets every layer's trainable flag (and batch_stats for BN to bn_batch_stats
- * where trainable, 0 elsewhere). */
+ * where trainable, 0 elsewhere). Does not refold: see resnet_fold_frozen. */
 void resnet_set_trainable_all(Resnet *m, int trainable, int bn_batch_stats);
+
+/* BatchNorm folding of the frozen prefix. Every conv of a unit strictly below
+ * resnet_lowest_trainable_unit (the stem conv, and all convs of the blocks below)
+ * gets its BN (running statistics, inference mode) folded into a weight and bias
+ * of its own, w'[..][o] = w[..][o] * s[o] and b'[o] = beta[o] + (bias[o] - mean[o]) * s[o]
+ * with s[o] = gamma[o] / sqrt(var[o] + eps); forwards (both plans, training or not)
+ * then run each such conv+BN pair as one fused convolution. A pair whose BN has
+ * batch_stats set is left unfolded (a training forward would use the batch's
+ * statistics there). The folded weights live in m->fold_data; the parameters are
+ * never modified. Every call recomputes from the current parameters and flags.
+ *
+ * The folded weights are a snapshot: after any change to the parameters or running
+ * statistics of a folded layer (loading weights, initialising), or to the
+ * trainable/batch_stats flags (resnet_set_trainable_all, select_trainable, a new
+ * phase), the caller must call resnet_fold_frozen again, or resnet_unfold; nothing
+ * refolds automatically. resnet_backward asserts that no folded conv lies at or
+ * above the lowest trainable unit.
+ *
+ * Returns 0, or -1 with a message when out of memory (then nothing is folded). */
+int resnet_fold_frozen(Resnet *m, Error *err);
+
+/* Clears every folded mark: forwards run each conv and BN on the parameters again.
+ * The folded weights' memory is kept for the next resnet_fold_frozen. */
+void resnet_unfold(Resnet *m);
 
 /* Index of the layer / parameter with this canonical (or Keras, for layers) name, or -1. */
 int resnet_find_layer(const Resnet *m, const char *name);

@@ -359,6 +359,73 @@ static void test_conv_chunked_workspace(void **state)
     check_conv(3, 224, 224, 3, 8, 7, 2, 3, 0, 610, 1e-5);
 }
 
+/* ---- fused convolution (folded BatchNorm) against naive + manual epilogue ----- */
+
+/* conv2d_forward_fused on one geometry, for every combination of bias, residual and
+ * ReLU, against conv2d_forward_naive followed by the epilogue written out by hand.
+ * y and the workspace are pre-filled with NaN; x, w, b and the residual must come
+ * back unchanged and nothing may be written past y or the workspace. */
+static void check_conv_fused(int n, int h, int w, int cin, int cout, int k, int stride, int pad,
+                             uint64_t seed)
+{
+    char msg[200];
+    ConvShape s;
+    assert_int_equal(conv_shape_init(&s, n, h, w, cin, cout, k, stride, pad), 0);
+    const size_t nx = (size_t)n * h * w * cin, nw = (size_t)k * k * cin * cout;
+    const size_t ny = (size_t)n * s.oh * s.ow * cout, nws = conv_workspace_floats(&s);
+    float *x = falloc_uniform(nx, seed, -1.0f, 1.0f);
+    float *wt = falloc_uniform(nw, seed + 1, -1.0f, 1.0f);
+    float *b = falloc_uniform((size_t)cout, seed + 2, -2.0f, 2.0f);
+    float *res = falloc_uniform(ny, seed + 3, -2.0f, 2.0f);
+    float *x0 = fdup(x, nx), *w0 = fdup(wt, nw), *b0 = fdup(b, (size_t)cout);
+    float *res0 = fdup(res, ny);
+    float *conv = falloc(ny), *want = falloc(ny), *y = falloc(ny);
+    float *ws = nws ? falloc(nws) : NULL;
+    conv2d_forward_naive(conv, x, wt, NULL, &s);
+    for (int combo = 0; combo < 8; combo++) {
+        const int bias = combo & 1, residual = (combo >> 1) & 1, relu = (combo >> 2) & 1;
+        size_t clipped = 0;
+        for (size_t i = 0; i < ny; i++) {
+            float v = conv[i];
+            if (bias) v += b[i % (size_t)cout];
+            if (residual) v += res[i];
+            if (relu && v < 0.0f) { v = 0.0f; clipped++; }
+            want[i] = v;
+        }
+        if (relu) /* the ReLU must actually have work to do */
+            assert_true(clipped > ny / 8 && clipped < ny - ny / 8);
+        fill_value(y, ny, NAN);
+        if (ws) fill_value(ws, nws, NAN);
+        conv2d_forward_fused(y, x, wt, bias ? b : NULL, residual ? res : NULL, relu, &s, ws);
+        snprintf(msg, sizeof msg, "fused n%d %dx%dx%d->%d k%d s%d p%d%s%s%s", n, h, w, cin, cout,
+                 k, stride, pad, bias ? " bias" : "", residual ? " residual" : "",
+                 relu ? " relu" : "");
+        testutil_assert_close(y, want, ny, 1e-5, 1e-6, msg);
+        guard_check(y, ny, msg);
+        if (ws) guard_check(ws, nws, msg);
+    }
+    assert_unchanged(x, x0, nx, "fused x");
+    assert_unchanged(wt, w0, nw, "fused w");
+    assert_unchanged(b, b0, (size_t)cout, "fused b");
+    assert_unchanged(res, res0, ny, "fused residual");
+    float *bufs[] = {x, wt, b, res, x0, w0, b0, res0, conv, want, y, ws};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        free(bufs[i]);
+}
+
+static void test_conv_fused(void **state)
+{
+    (void)state;
+    check_conv_fused(2, 9, 7, 5, 6, 1, 1, 0, 700);    /* 1x1 stride 1: the direct sgemm */
+    check_conv_fused(3, 5, 5, 8, 33, 1, 1, 0, 710);   /* channels not a multiple of 16 */
+    check_conv_fused(2, 9, 7, 5, 6, 3, 2, 1, 720);    /* 3x3 stride 2 pad 1 */
+    check_conv_fused(3, 8, 6, 4, 7, 3, 2, 1, 730);
+    check_conv_fused(2, 9, 7, 3, 8, 7, 2, 3, 740);    /* 7x7 stride 2 pad 3: the stem */
+    check_conv_fused(2, 10, 8, 3, 4, 7, 2, 3, 750);
+    check_conv_fused(2, 6, 4, 4, 9, 1, 2, 0, 760);    /* 1x1 stride 2: the shortcut */
+    check_conv_fused(3, 56, 56, 64, 16, 3, 1, 1, 770); /* chunked workspace, many rows */
+}
+
 /* ---- convolution: finite differences ------------------------------------------ */
 
 typedef struct {
@@ -1104,6 +1171,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_conv_1x1_s1_pointwise),
         cmocka_unit_test(test_conv_1x1_s2_shortcut),
         cmocka_unit_test(test_conv_chunked_workspace),
+        cmocka_unit_test(test_conv_fused),
         cmocka_unit_test(test_conv_fd),
         cmocka_unit_test(test_batchnorm_train_fd),
         cmocka_unit_test(test_batchnorm_inference_fd),
