@@ -11,6 +11,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/statvfs.h>
+
 #include "loader.h"
 #include "optim.h"
 #include "resnet.h"
@@ -182,7 +186,8 @@ static double monitored(const char *monitor, const EpochReport *r)
 typedef struct {
     int unit;             /* -1: off */
     size_t floats;        /* per image */
-    float *data;          /* [dataset items][floats] */
+    float *data;          /* [dataset items][floats]: malloc'd, or a mapped file */
+    size_t mapped;        /* bytes mapped from the spill file (0: in memory) */
     unsigned char *have;  /* per item */
     int have_count[SPLIT_COUNT];
     float *batch;         /* [batch][floats] */
@@ -191,29 +196,60 @@ typedef struct {
 
 static void act_cache_free(ActCache *c)
 {
-    free(c->data); free(c->have); free(c->batch); free(c->order); free(c->labels);
+    if (c->mapped)
+        munmap(c->data, c->mapped);
+    else
+        free(c->data);
+    free(c->have); free(c->batch); free(c->order); free(c->labels);
     memset(c, 0, sizeof *c);
     c->unit = -1;
 }
 
-/* Sets the cache up for the phase (off when not possible or over budget). */
+/* Maps a new file of `bytes` in dir, already unlinked so that it disappears
+ * with the mapping (also when the process dies). Blocks are reserved up front:
+ * a full disk shows here, not as a fault in the middle of an epoch. */
+static float *spill_map(const char *dir, size_t bytes)
+{
+    struct statvfs vfs;
+    if (statvfs(dir, &vfs) ||
+        (double)vfs.f_bavail * vfs.f_frsize < (double)bytes + (double)(1u << 30))
+        return NULL;
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/activation-cache-XXXXXX", dir) >= (int)sizeof path)
+        return NULL;
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return NULL;
+    unlink(path);
+    void *p = MAP_FAILED;
+    if (posix_fallocate(fd, 0, (off_t)bytes) == 0)
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+/* Sets the cache up for the phase (off when not possible or nothing can hold it). */
 static void act_cache_phase(ActCache *c, const Resnet *m, const Dataset *ds, int augment,
-                            int batch, size_t budget)
+                            int batch, size_t budget, const char *spill_dir)
 {
     int unit = resnet_lowest_trainable_unit(m);
     act_cache_free(c);
     if (augment || unit < 0 || budget == 0)
         return;
     size_t floats = resnet_unit_input_floats(m, unit);
-    if ((double)floats * ds->n_items * sizeof(float) > (double)budget)
-        return;
-    c->data = malloc(floats * (size_t)ds->n_items * sizeof(float));
+    size_t bytes = floats * (size_t)ds->n_items * sizeof(float);
+    if (bytes <= budget) {
+        c->data = malloc(bytes);
+    } else if (spill_dir) {
+        c->data = spill_map(spill_dir, bytes);
+        c->mapped = c->data ? bytes : 0;
+    }
     c->have = calloc((size_t)ds->n_items, 1);
     c->batch = malloc(floats * (size_t)batch * sizeof(float));
     c->order = malloc((size_t)ds->n_items * sizeof(int));
     c->labels = malloc((size_t)batch * sizeof(int));
     if (!c->data || !c->have || !c->batch || !c->order || !c->labels) {
-        act_cache_free(c); /* no memory: run uncached */
+        act_cache_free(c); /* no room: run uncached */
         return;
     }
     c->unit = unit;
@@ -258,7 +294,8 @@ static void act_cache_forward(ActCache *c, Resnet *m, const Dataset *ds, int fir
 
 /* One pass over the val split in inference mode. */
 static int validate(Resnet *m, Loader *val, const Dataset *ds, ActCache *cache, int epoch,
-                    const float *cw, float smoothing, Confusion *conf, double *loss, Error *err)
+                    const float *cw, float smoothing, Confusion *conf, double *loss,
+                    int64_t *full_forwards, Error *err)
 {
     Batch b;
     int rc = 0;
@@ -280,6 +317,7 @@ static int validate(Resnet *m, Loader *val, const Dataset *ds, ActCache *cache, 
             return -1;
         while ((rc = loader_next(val, &b, err)) == 1) {
             resnet_forward(m, b.x, b.n, 0);
+            *full_forwards += b.n;
             act_cache_capture(cache, m, ds, b.items, b.n);
             sum += resnet_loss(m, b.labels, cw, smoothing) * b.n;
             n += b.n;
@@ -600,6 +638,8 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             res->epochs_run = ck.epochs_run;
     }
     int epoch = resumed ? ck.epoch_next : 0;
+    if (cb && cb->on_start)
+        cb->on_start(cb->ctx, &ds, &p, epoch);
     for (int pi = resumed ? ck.phase : 0; pi < s->n_phases && !res->cancelled; pi++) {
         const PhaseSpec *ph = &s->phases[pi];
         const int resuming = resumed && pi == ck.phase;
@@ -612,14 +652,23 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
         act_cache_phase(&cache, m, &ds, lo_augment, s->batch_size,
                         opt && opt->no_activation_cache ? 0
                         : opt && opt->activation_cache_bytes ? opt->activation_cache_bytes
-                                                             : TRAIN_ACTIVATION_CACHE_DEFAULT);
+                                                             : TRAIN_ACTIVATION_CACHE_DEFAULT,
+                        opt ? opt->spill_dir : NULL);
+        if (resnet_fold_frozen(m, err)) {
+            error_wrap(err, "%s", where);
+            goto done;
+        }
         if (cb && cb->on_phase) {
             char desc[320];
             select_describe(m, desc, sizeof desc);
             if (cache.unit >= 0) {
                 size_t len = strlen(desc);
-                snprintf(desc + len, sizeof desc - len, "; frozen part computed once (cached at %s)",
-                         cache.unit == RESNET_HEAD_UNIT ? "the head" : m->layers[m->blocks[cache.unit].c1].keras_name);
+                snprintf(desc + len, sizeof desc - len,
+                         "; frozen part computed once (cached at %s, %s %.1f MiB)",
+                         cache.unit == RESNET_HEAD_UNIT ? "the head"
+                                                        : m->layers[m->blocks[cache.unit].c1].keras_name,
+                         cache.mapped ? "spilled to a file of" : "in memory,",
+                         (double)cache.floats * ds.n_items * sizeof(float) / 1048576.0);
             }
             cb->on_phase(cb->ctx, pi, ph, desc);
         }
@@ -678,6 +727,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
                     labels = b.labels;
                     resnet_zero_grad(m);
                     resnet_forward(m, b.x, b.n, 1);
+                    r.full_forwards += b.n;
                     act_cache_capture(&cache, m, &ds, b.items, b.n);
                 }
                 double loss = resnet_loss(m, labels, cw, s->label_smoothing);
@@ -713,7 +763,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             r.train_loss = seen ? loss_sum / seen : NAN;
             r.train_accuracy = seen ? (double)correct / seen : NAN;
             if (validate(m, val, &ds, &cache, epoch, cw, s->label_smoothing, &conf, &r.val_loss,
-                         err) ||
+                         &r.full_forwards, err) ||
                 metrics_compute(&conf, &em, err)) {
                 optim_free(&optim);
                 goto done;
@@ -721,6 +771,8 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             r.val_accuracy = em.accuracy;
             r.val_balanced_accuracy = em.balanced_accuracy;
             r.val = &em;
+            r.confusion = &conf;
+            r.cached = cache.unit >= 0;
             r.seconds = now_seconds() - t0;
             r.images_per_second = r.seconds > 0 ? seen / r.seconds : 0;
             double v = monitored(s->es_monitor, &r);
@@ -736,6 +788,8 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             schedule_epoch_end(&sched, r.val_loss);
             res->epochs_run++;
             stopped = s->early_stopping && bad_epochs >= s->es_patience;
+            if (cb && cb->on_epoch)
+                cb->on_epoch(cb->ctx, &r);
             if (opt && opt->checkpoint_path) {
                 Checkpoint now;
                 memset(&now, 0, sizeof now);
@@ -753,8 +807,6 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
                     goto done;
                 }
             }
-            if (cb && cb->on_epoch)
-                cb->on_epoch(cb->ctx, &r);
             metrics_free(&em);
             /* when early stopping ends the phase, numbering stays contiguous */
         }

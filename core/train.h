@@ -11,9 +11,11 @@
  * ends (restoring its best weights if asked) and the next phase starts.
  *
  * When a phase trains only from some block up and augmentation is off, the
- * frozen part's output is computed once per image and reused, in memory: a
- * phase whose cache would exceed the budget runs uncached. Validation runs the
- * frozen part as plain inference (BN kept separate from the convolutions).
+ * frozen part's output is computed once per image and reused: in memory within
+ * the budget, beyond it in a file in TrainOptions.spill_dir (unlinked at once,
+ * so nothing is left behind), and uncached when neither fits. The frozen part
+ * runs with each BatchNorm folded into its convolution (resnet_fold_frozen),
+ * in training and validation alike.
  */
 #ifndef RESNETD_TRAIN_H
 #define RESNETD_TRAIN_H
@@ -46,6 +48,11 @@ typedef struct {
      * weights and biases since the job started */
     double grad_norm[TRAIN_STAGES];
     double weight_change[TRAIN_STAGES];
+    const Confusion *confusion; /* val confusion matrix of this epoch (borrowed) */
+    /* images run through the whole network this epoch (train and val); 0 when
+     * every image started from the frozen-prefix cache */
+    int64_t full_forwards;
+    int cached;                 /* the phase uses the frozen-prefix cache */
 } EpochReport;
 
 typedef struct {
@@ -54,13 +61,20 @@ typedef struct {
     void (*on_phase)(void *ctx, int phase, const PhaseSpec *ph, const char *describe);
     /* after every training batch */
     void (*on_step)(void *ctx, int epoch, int step, int steps, double loss, float lr);
-    /* after every epoch's validation */
+    /* after every epoch's validation, before that epoch's checkpoint is written
+     * (so a store that records the row first never misses an epoch; a resumed
+     * job reports the epochs after the checkpoint again) */
     void (*on_epoch)(void *ctx, const EpochReport *r);
     /* when non-NULL and set, training stops after the current batch */
     const volatile int *cancel;
     /* at the end (also after a cancel), with the trained model, the dataset and the
      * preprocessing in force (all borrowed for the call); e.g. to train_export */
     void (*on_done)(void *ctx, const struct Resnet *m, const Dataset *ds, const Preprocess *p);
+    /* once, after the dataset is scanned, the model built and a checkpoint
+     * loaded, before the first phase (borrowed for the call): the class names,
+     * the preprocessing in force, and the first epoch that will run (0, or the
+     * epoch after a resumed checkpoint's) */
+    void (*on_start)(void *ctx, const Dataset *ds, const Preprocess *p, int first_epoch);
 } TrainCallbacks;
 
 typedef struct {
@@ -89,6 +103,10 @@ typedef struct {
      * default TRAIN_ACTIVATION_CACHE_DEFAULT); no_activation_cache turns it off. */
     size_t activation_cache_bytes;
     int no_activation_cache;
+    /* Folder for the part of the cache beyond the memory budget (a job's own
+     * folder); NULL: never spill. The file is only used when the file system
+     * has room for it with 1 GiB to spare. */
+    const char *spill_dir;
 } TrainOptions;
 
 #define TRAIN_ACTIVATION_CACHE_DEFAULT ((size_t)2 << 30)

@@ -12,6 +12,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <dirent.h>
+#include <sys/stat.h>
+
 #include "image.h"
 #include "jobspec.h"
 #include "predict.h"
@@ -92,7 +95,7 @@ static void test_learns(void **state)
                       " \"phases\": [{\"epochs\": 4, \"train\": \"all\", \"bn\": \"train\","
                       "   \"optimizer\": {\"type\": \"adam\", \"lr\": 0.001}}]}", "");
     Log log = {0};
-    TrainCallbacks cb = {&log, on_phase, on_step, all_epoch, &log.cancel, NULL};
+    TrainCallbacks cb = {&log, on_phase, on_step, all_epoch, &log.cancel, NULL, NULL};
     TrainResult res;
     Error err;
     if (train_run(&s, NULL, &cb, &res, &err))
@@ -178,7 +181,7 @@ static void test_head_only_keeps_backbone(void **state)
                       " \"phases\": [{\"epochs\": 2, \"train\": \"head\", \"bn\": \"train\","
                       "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.1, \"momentum\": 0.9}}]}", extra);
     HeadCheck h = {{0}, src, 0};
-    TrainCallbacks cb = {&h.log, on_phase, on_step, head_epoch, NULL, NULL};
+    TrainCallbacks cb = {&h.log, on_phase, on_step, head_epoch, NULL, NULL, NULL};
     cb.ctx = &h; /* Log is the first member: the log callbacks still work */
     cb.on_done = check_backbone;
     TrainResult res;
@@ -199,7 +202,7 @@ static void test_cancel_within_a_batch(void **state)
                       "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}", "");
     Log log = {0};
     log.stop_after = 2;
-    TrainCallbacks cb = {&log, on_phase, on_step, on_epoch, &log.cancel, NULL};
+    TrainCallbacks cb = {&log, on_phase, on_step, on_epoch, &log.cancel, NULL, NULL};
     TrainResult res;
     Error err;
     if (train_run(&s, NULL, &cb, &res, &err))
@@ -292,7 +295,7 @@ static void test_export_and_predict(void **state)
     Export e;
     memset(&e, 0, sizeof e);
     snprintf(e.path, sizeof e.path, "%s", testutil_tmp_path("export.safetensors"));
-    TrainCallbacks cb = {&e, on_phase, on_step, on_epoch, NULL, export_and_score};
+    TrainCallbacks cb = {&e, on_phase, on_step, on_epoch, NULL, export_and_score, NULL};
     TrainResult res;
     Error err;
     if (train_run(&s, NULL, &cb, &res, &err))
@@ -362,14 +365,14 @@ static void test_checkpoint_resume_matches(void **state)
     TrainResult res;
     Curve a;
     memset(&a, 0, sizeof a);
-    TrainCallbacks cb = {&a, on_phase, on_step, curve_epoch, &a.log.cancel, NULL};
+    TrainCallbacks cb = {&a, on_phase, on_step, curve_epoch, &a.log.cancel, NULL, NULL};
     if (train_run(&s, NULL, &cb, &res, &err))
         fail_msg("%s", err.msg);
     assert_int_equal(a.n, 5);
 
     char ckpt[4096];
     snprintf(ckpt, sizeof ckpt, "%s", testutil_tmp_path("job.ckpt"));
-    TrainOptions to = {ckpt, 1, 0, 0};
+    TrainOptions to = {ckpt, 1, 0, 0, NULL};
     Curve b;
     memset(&b, 0, sizeof b);
     b.cancel_after = 2;
@@ -415,20 +418,40 @@ static void test_checkpoint_resume_matches(void **state)
 
 typedef struct {
     Curve curve;
-    int cached_phases;
+    int cached_phases, spilled_phases;
     double seconds[8];
+    int64_t full_forwards[8];
+    const char *spill_dir;
+    int spill_entries; /* files in spill_dir seen during the epochs */
 } CacheRun;
+
+static int count_entries(const char *dir)
+{
+    DIR *d = opendir(dir);
+    int n = 0;
+    if (!d)
+        return -1;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += strcmp(e->d_name, ".") && strcmp(e->d_name, "..");
+    closedir(d);
+    return n;
+}
 
 static void cache_phase(void *ctx, int phase, const PhaseSpec *ph, const char *describe)
 {
     (void)phase; (void)ph;
     ((CacheRun *)ctx)->cached_phases += strstr(describe, "computed once") != NULL;
+    ((CacheRun *)ctx)->spilled_phases += strstr(describe, "spilled to a file") != NULL;
 }
 
 static void cache_epoch(void *ctx, const EpochReport *r)
 {
     CacheRun *c = ctx;
     c->seconds[c->curve.n] = r->seconds;
+    c->full_forwards[c->curve.n] = r->full_forwards;
+    if (c->spill_dir)
+        c->spill_entries += count_entries(c->spill_dir);
     curve_epoch(ctx, r);
 }
 
@@ -455,30 +478,65 @@ static void test_activation_cache_matches(void **state)
                       "   \"optimizer\": {\"type\": \"adam\", \"lr\": 0.01}},"
                       "  {\"epochs\": 2, \"train\": \"stage:5\", \"bn\": \"train\","
                       "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01, \"momentum\": 0.9}}]}", extra);
-    CacheRun plain, cached;
+    CacheRun plain, cached, spilled, nowhere;
     memset(&plain, 0, sizeof plain);
     memset(&cached, 0, sizeof cached);
-    TrainOptions off = {NULL, 0, 0, 1}, on = {NULL, 0, 0, 0};
+    memset(&spilled, 0, sizeof spilled);
+    memset(&nowhere, 0, sizeof nowhere);
+    char spill_dir[4200];
+    snprintf(spill_dir, sizeof spill_dir, "%s", testutil_tmp_path("spill"));
+    assert_int_equal(mkdir(spill_dir, 0700), 0);
+    spilled.spill_dir = spill_dir;
+    TrainOptions off = {NULL, 0, 0, 1, NULL}, on = {NULL, 0, 0, 0, NULL};
+    /* a budget of one byte: the cache goes to a file, or nowhere without a folder */
+    TrainOptions spill = {NULL, 0, 1, 0, spill_dir}, tight = {NULL, 0, 1, 0, NULL};
     TrainResult res;
-    TrainCallbacks cb = {&plain, cache_phase, on_step, cache_epoch, NULL, NULL};
+    TrainCallbacks cb = {&plain, cache_phase, on_step, cache_epoch, NULL, NULL, NULL};
     if (train_run(&s, &off, &cb, &res, &err))
         fail_msg("%s", err.msg);
     cb.ctx = &cached;
     if (train_run(&s, &on, &cb, &res, &err))
         fail_msg("%s", err.msg);
+    cb.ctx = &spilled;
+    if (train_run(&s, &spill, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    cb.ctx = &nowhere;
+    if (train_run(&s, &tight, &cb, &res, &err))
+        fail_msg("%s", err.msg);
     assert_int_equal(plain.cached_phases, 0);
     assert_int_equal(cached.cached_phases, 2);
-    assert_int_equal(plain.curve.n, 5);
-    assert_int_equal(cached.curve.n, 5);
+    assert_int_equal(cached.spilled_phases, 0);
+    assert_int_equal(spilled.cached_phases, 2);
+    assert_int_equal(spilled.spilled_phases, 2);
+    assert_int_equal(nowhere.cached_phases, 0);
+    /* the spill file is unlinked as soon as it is mapped: never visible, never left */
+    assert_int_equal(spilled.spill_entries, 0);
+    assert_int_equal(count_entries(spill_dir), 0);
+    const CacheRun *runs[3] = {&cached, &spilled, &nowhere};
+    for (int k = 0; k < 3; k++)
+        assert_int_equal(runs[k]->curve.n, 5);
+    /* the 120 images (train and val) go through the whole network once per phase when
+     * cached, every epoch otherwise */
     for (int e = 0; e < 5; e++) {
-        print_message("  epoch %d: val loss %.6f / %.6f, %.2f s / %.2f s\n", e + 1,
-                      plain.curve.val_loss[e], cached.curve.val_loss[e], plain.seconds[e],
-                      cached.seconds[e]);
-        assert_true(fabs(plain.curve.train_loss[e] - cached.curve.train_loss[e]) <=
-                    1e-5 * fabs(plain.curve.train_loss[e]));
-        assert_true(fabs(plain.curve.val_loss[e] - cached.curve.val_loss[e]) <=
-                    1e-5 * fabs(plain.curve.val_loss[e]));
-        assert_true(fabs(plain.curve.val_acc[e] - cached.curve.val_acc[e]) <= 1e-5);
+        int first_of_phase = e == 0 || e == 3;
+        assert_int_equal(plain.full_forwards[e], 120);
+        assert_int_equal(nowhere.full_forwards[e], 120);
+        assert_int_equal(cached.full_forwards[e], first_of_phase ? 120 : 0);
+        assert_int_equal(spilled.full_forwards[e], first_of_phase ? 120 : 0);
+    }
+    for (int e = 0; e < 5; e++) {
+        print_message("  epoch %d: val loss %.6f / %.6f / %.6f, %.2f s / %.2f s / %.2f s\n",
+                      e + 1, plain.curve.val_loss[e], cached.curve.val_loss[e],
+                      spilled.curve.val_loss[e], plain.seconds[e], cached.seconds[e],
+                      spilled.seconds[e]);
+        for (int k = 0; k < 3; k++) {
+            const Curve *c = &runs[k]->curve;
+            assert_true(fabs(plain.curve.train_loss[e] - c->train_loss[e]) <=
+                        1e-5 * fabs(plain.curve.train_loss[e]));
+            assert_true(fabs(plain.curve.val_loss[e] - c->val_loss[e]) <=
+                        1e-5 * fabs(plain.curve.val_loss[e]));
+            assert_true(fabs(plain.curve.val_acc[e] - c->val_acc[e]) <= 1e-5);
+        }
     }
     jobspec_free(&s);
 }
