@@ -4,8 +4,9 @@ BLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
 WARN     := -Wall -Wextra -Werror
 CFLAGS   ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -fvect-cost-model=dynamic -fopenmp -I$(BLAS_INC) -Icore -MMD -MP
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -fvect-cost-model=dynamic -fopenmp -I$(BLAS_INC) -Icore -Iserver -MMD -MP
 LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ljansson -lpng -ljpeg -lz -lpthread -lm -fopenmp
+SERVER_LIBS := -lsqlite3 -lmicrohttpd -larchive
 BUILD    ?= build
 
 CORE_SRC   := $(wildcard core/*.c)
@@ -17,6 +18,8 @@ TOOL_BIN   := $(TOOL_SRC:tools/%.c=$(BUILD)/tools/%)
 
 CORE_OBJ   := $(CORE_SRC:%.c=$(BUILD)/%.o)
 SERVER_OBJ := $(SERVER_SRC:%.c=$(BUILD)/%.o)
+# everything of server/ but main(), for the unit tests
+SERVERLIB_OBJ := $(filter-out $(BUILD)/server/main.o,$(SERVER_OBJ))
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TESTLIB_OBJ:= $(TESTLIB_SRC:%.c=$(BUILD)/%.o)
 
@@ -46,12 +49,16 @@ $(BUILD)/libresnetd.a: $(CORE_OBJ)
 	@mkdir -p $(dir $@)
 	ar rcs $@ $^
 
-$(BUILD)/resnetd: $(SERVER_OBJ) $(BUILD)/libresnetd.a
-	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDLIBS)
-
-$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TESTLIB_OBJ) $(BUILD)/libresnetd.a
+$(BUILD)/libresnetd-server.a: $(SERVERLIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDLIBS) -lcmocka
+	ar rcs $@ $^
+
+$(BUILD)/resnetd: $(BUILD)/server/main.o $(BUILD)/libresnetd-server.a $(BUILD)/libresnetd.a
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDLIBS) $(SERVER_LIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TESTLIB_OBJ) $(BUILD)/libresnetd-server.a $(BUILD)/libresnetd.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDLIBS) $(SERVER_LIBS) -lcmocka
 
 $(BUILD)/tools/%: $(BUILD)/tools/%.o $(BUILD)/libresnetd.a
 	$(CC) $(ALL_CFLAGS) $^ -o $@ $(LDLIBS)

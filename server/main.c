@@ -1,19 +1,23 @@
 /*
- * main.c: the resnetd command line: `version`, `inspect FILE.safetensors`.
- * (`serve` and `train` arrive with the daemon and training issues.)
+ * main.c: the resnetd command line: version, inspect, train, predict.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <sqlite3.h>
 
 #include "blas.h"
 #include "jobspec.h"
 #include "predict.h"
 #include "resnet.h"
+#include "store.h"
 #include "train.h"
 #include "weights.h"
 
@@ -26,8 +30,8 @@ static int usage(FILE *out)
             "commands:\n"
             "  version                  print the version and the BLAS kernel in use\n"
             "  inspect FILE.safetensors print variant, tensor count, parameter count, metadata\n"
-            "  train SPEC.json [--export OUT.safetensors] [--checkpoint FILE [--resume]]\n"
-            "                [--no-cache]\n"
+            "  train SPEC.json [--db FILE] [--export OUT.safetensors]\n"
+            "                [--checkpoint FILE [--resume]] [--no-cache] [--cache-dir DIR]\n"
             "                           run one fine-tuning job in the foreground (docs/jobs.md)\n"
             "  predict WEIGHTS IMAGE... [--top K] [--json]\n"
             "                           top-k classes of images with exported weights\n"
@@ -88,52 +92,106 @@ static void on_signal(int sig)
 
 typedef struct {
     int tty;
-    double t_start;
     int epochs_total;
     const char *export_path;
     int export_failed;
+    int batch_size;
+    double epoch_t0;      /* when the current epoch started */
+    int epoch;            /* current epoch (0-based) */
+    Store *store;         /* --db, or NULL */
+    int64_t job;
+    char *const *classes; /* borrowed from the dataset for the run */
+    int store_failed;
 } Progress;
 
-static void train_on_done(void *ctx, const Resnet *m, const Dataset *ds, const Preprocess *p)
+static double now_seconds(void)
 {
-    Progress *pr = ctx;
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* A failed write to the store stops recording (the run goes on); reported once. */
+static void store_failure(Progress *p, const Error *err)
+{
+    if (!p->store_failed)
+        fprintf(stderr, "resnetd train: --db: %s; metrics are no longer recorded\n", err->msg);
+    p->store_failed = 1;
+}
+
+static void train_on_start(void *ctx, const Dataset *ds, const Preprocess *pp, int first_epoch)
+{
+    Progress *p = ctx;
     Error err;
-    if (!pr->export_path)
+    (void)pp;
+    p->classes = ds->classes;
+    p->epoch = first_epoch;
+    p->epoch_t0 = now_seconds();
+    if (!p->store || p->store_failed)
         return;
-    if (train_export(m, ds, p, pr->export_path, &err)) {
+    if (store_job_trim(p->store, p->job, first_epoch, &err) ||
+        store_job_started(p->store, p->job, ds, NULL, &err) ||
+        store_job_set_state(p->store, p->job, JOB_RUNNING, NULL, &err))
+        store_failure(p, &err);
+}
+
+static void train_on_done(void *ctx, const Resnet *m, const Dataset *ds, const Preprocess *pp)
+{
+    Progress *p = ctx;
+    Error err;
+    if (!p->export_path)
+        return;
+    if (train_export(m, ds, pp, p->export_path, &err)) {
         fprintf(stderr, "resnetd train: export failed: %s\n", err.msg);
-        pr->export_failed = 1;
+        p->export_failed = 1;
     } else {
-        fprintf(stderr, "exported %s (%d classes)\n", pr->export_path, ds->n_classes);
+        fprintf(stderr, "exported %s (%d classes)\n", p->export_path, ds->n_classes);
     }
 }
 
 static void train_on_phase(void *ctx, int phase, const PhaseSpec *ph, const char *describe)
 {
-    (void)ctx;
+    Progress *p = ctx;
+    Error err;
     fprintf(stderr, "phase %d \"%s\": %d epochs, train %s, %s lr %g: %s\n", phase + 1, ph->name,
             ph->epochs, ph->train, optim_type_name(ph->optimizer.type), ph->optimizer.lr,
             describe);
+    if (p->store && !p->store_failed && store_job_phase(p->store, p->job, phase, ph->name, &err))
+        store_failure(p, &err);
 }
 
 static void train_on_step(void *ctx, int epoch, int step, int steps, double loss, float lr)
 {
     Progress *p = ctx;
-    if (p->tty)
-        fprintf(stderr, "\repoch %d/%d  step %d/%d  loss %.4f  lr %.3g   ", epoch + 1,
-                p->epochs_total, step + 1, steps, loss, lr);
+    Error err;
+    if (epoch != p->epoch) {
+        p->epoch = epoch;
+        p->epoch_t0 = now_seconds();
+    }
+    if (p->store && !p->store_failed &&
+        store_step_put(p->store, p->job, epoch, step, steps, loss, lr, &err))
+        store_failure(p, &err);
+    if (!p->tty)
+        return;
+    double dt = now_seconds() - p->epoch_t0;
+    double per_step = dt / (step + 1);
+    double left = per_step * ((steps - step - 1) + (double)steps * (p->epochs_total - epoch - 1));
+    fprintf(stderr, "\repoch %d/%d  step %d/%d  loss %.4f  lr %.3g  %.1f img/s  %d:%02d left   ",
+            epoch + 1, p->epochs_total, step + 1, steps, loss, lr,
+            dt > 0 ? (step + 1) * p->batch_size / dt : 0.0, (int)(left / 60), (int)left % 60);
 }
 
 static void train_on_epoch(void *ctx, const EpochReport *r)
 {
     Progress *p = ctx;
+    Error err;
     if (p->tty)
-        fprintf(stderr, "\r%80s\r", "");
+        fprintf(stderr, "\r%100s\r", "");
     printf("epoch %d/%d [%s] train loss %.4f acc %.4f | val loss %.4f acc %.4f balanced %.4f | "
-           "lr %.3g | %.1f s, %.1f img/s%s\n", r->epoch + 1, r->epochs_total, r->phase_name,
+           "lr %.3g | %.1f s, %.1f img/s%s%s\n", r->epoch + 1, r->epochs_total, r->phase_name,
            r->train_loss, r->train_accuracy, r->val_loss, r->val_accuracy,
            r->val_balanced_accuracy, r->lr, r->seconds, r->images_per_second,
-           r->best ? " *" : "");
+           r->cached && r->full_forwards == 0 ? " (cached)" : "", r->best ? " *" : "");
     printf("  per stage (conv1..conv5, head): grad norm");
     for (int k = 0; k < TRAIN_STAGES; k++)
         printf(" %.3g", r->grad_norm[k]);
@@ -142,18 +200,50 @@ static void train_on_epoch(void *ctx, const EpochReport *r)
         printf(" %.3g", r->weight_change[k]);
     printf("\n");
     fflush(stdout);
+    if (p->store && !p->store_failed &&
+        store_epoch_put(p->store, p->job, r, p->classes, &err))
+        store_failure(p, &err);
+    p->epoch = r->epoch + 1;
+    p->epoch_t0 = now_seconds();
+}
+
+/* With --resume: the latest unfinished job of the same spec text, else a new one. */
+static int db_job(Store *st, const char *spec_text, const JobSpec *spec, int resume, int64_t *id,
+                  Error *err)
+{
+    if (resume) {
+        sqlite3_stmt *q;
+        sqlite3 *db = store_db(st);
+        if (sqlite3_prepare_v2(db, "SELECT id FROM jobs WHERE spec = ? AND state <> 'completed'"
+                                   " ORDER BY id DESC LIMIT 1", -1, &q, NULL) != SQLITE_OK)
+            return error_set(err, "%s", sqlite3_errmsg(db));
+        sqlite3_bind_text(q, 1, spec_text, -1, SQLITE_STATIC);
+        int found = sqlite3_step(q) == SQLITE_ROW;
+        if (found)
+            *id = sqlite3_column_int64(q, 0);
+        sqlite3_finalize(q);
+        if (found)
+            return 0;
+    }
+    return store_job_insert(st, spec->name, spec_text, jobspec_total_epochs(spec), JOB_QUEUED,
+                            id, err);
 }
 
 static int cmd_train(int argc, char **argv)
 {
-    const char *export_path = NULL, *spec_path = NULL;
+    const char *export_path = NULL, *spec_path = NULL, *db_path = NULL, *cache_dir = NULL;
     int bad_args = 0;
-    TrainOptions topt = {NULL, 0, 0, 0};
+    TrainOptions topt;
+    memset(&topt, 0, sizeof topt);
     for (int i = 0; i < argc; i++) {
         if (!strcmp(argv[i], "--export") && i + 1 < argc)
             export_path = argv[++i];
         else if (!strcmp(argv[i], "--checkpoint") && i + 1 < argc)
             topt.checkpoint_path = argv[++i];
+        else if (!strcmp(argv[i], "--db") && i + 1 < argc)
+            db_path = argv[++i];
+        else if (!strcmp(argv[i], "--cache-dir") && i + 1 < argc)
+            cache_dir = argv[++i];
         else if (!strcmp(argv[i], "--resume"))
             topt.resume = 1;
         else if (!strcmp(argv[i], "--no-cache"))
@@ -164,8 +254,8 @@ static int cmd_train(int argc, char **argv)
             bad_args = 1;
     }
     if (bad_args || !spec_path || (topt.resume && !topt.checkpoint_path)) {
-        fprintf(stderr, "usage: resnetd train SPEC.json [--export OUT.safetensors] "
-                        "[--checkpoint FILE [--resume]] [--no-cache]\n");
+        fprintf(stderr, "usage: resnetd train SPEC.json [--db FILE] [--export OUT.safetensors] "
+                        "[--checkpoint FILE [--resume]] [--no-cache] [--cache-dir DIR]\n");
         return 2;
     }
     FILE *f = fopen(spec_path, "rb");
@@ -173,8 +263,8 @@ static int cmd_train(int argc, char **argv)
         fprintf(stderr, "resnetd train: %s: %s\n", spec_path, strerror(errno));
         return 1;
     }
-    static char buf[1 << 20];
-    size_t n = fread(buf, 1, sizeof buf, f);
+    static char buf[(1 << 20) + 1];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
     int read_error = ferror(f), too_big = !read_error && !feof(f);
     fclose(f);
     if (read_error || too_big) {
@@ -182,23 +272,64 @@ static int cmd_train(int argc, char **argv)
                 read_error ? "read error" : "larger than 1 MiB");
         return 1;
     }
+    buf[n] = '\0';
     JobSpec spec;
     Error err;
     if (jobspec_parse(&spec, buf, n, NULL, 0, &err)) {
         fprintf(stderr, "resnetd train: %s: %s\n", spec_path, err.msg);
         return 1;
     }
+    /* the activation cache spills beside the checkpoint, else into --cache-dir
+     * or the temporary folder */
+    char spill[4096];
+    if (cache_dir) {
+        snprintf(spill, sizeof spill, "%s", cache_dir);
+    } else if (topt.checkpoint_path) {
+        snprintf(spill, sizeof spill, "%s", topt.checkpoint_path);
+        char *slash = strrchr(spill, '/');
+        if (slash)
+            *slash = '\0';
+        else
+            snprintf(spill, sizeof spill, ".");
+    } else {
+        const char *tmp = getenv("TMPDIR");
+        snprintf(spill, sizeof spill, "%s", tmp && *tmp ? tmp : "/tmp");
+    }
+    topt.spill_dir = spill;
+    Progress prog;
+    memset(&prog, 0, sizeof prog);
+    prog.tty = isatty(STDERR_FILENO);
+    prog.epochs_total = jobspec_total_epochs(&spec);
+    prog.export_path = export_path;
+    prog.batch_size = spec.batch_size;
+    if (db_path) {
+        if (store_open(&prog.store, db_path, &err) ||
+            db_job(prog.store, buf, &spec, topt.resume, &prog.job, &err)) {
+            fprintf(stderr, "resnetd train: --db: %s\n", err.msg);
+            store_close(prog.store);
+            jobspec_free(&spec);
+            return 1;
+        }
+        fprintf(stderr, "recording to %s as job %lld\n", db_path, (long long)prog.job);
+    }
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    Progress prog = {isatty(STDERR_FILENO), 0, jobspec_total_epochs(&spec), export_path, 0};
     TrainCallbacks cb = {&prog, train_on_phase, train_on_step, train_on_epoch, &cancel_flag,
-                         train_on_done};
+                         train_on_done, train_on_start};
     TrainResult res;
     int rc = train_run(&spec, &topt, &cb, &res, &err);
     jobspec_free(&spec);
+    if (prog.store && !prog.store_failed) {
+        Error serr;
+        if (store_job_set_state(prog.store, prog.job,
+                                rc ? JOB_FAILED : res.cancelled ? JOB_CANCELLED : JOB_COMPLETED,
+                                rc ? err.msg : NULL, &serr))
+            fprintf(stderr, "resnetd train: --db: %s\n", serr.msg);
+    }
+    store_close(prog.store);
     if (rc) {
         fprintf(stderr, "resnetd train: %s\n", err.msg);
         return 1;
@@ -274,7 +405,10 @@ static int cmd_predict(int argc, char **argv)
             for (int j = 0; j < n; j++) {
                 printf("%s{\"index\": %d, \"class\": ", j ? ", " : "", out[j].index);
                 json_string_out(out[j].name);
-                printf(", \"prob\": %.6f}", out[j].prob);
+                if (isfinite(out[j].prob))
+                    printf(", \"prob\": %.6f}", out[j].prob);
+                else
+                    printf(", \"prob\": null}");
             }
             printf("]");
         } else if (n > 0) {

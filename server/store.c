@@ -1,0 +1,465 @@
+/*
+ * store.c: the SQLite store (see store.h).
+ */
+#include "store.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <jansson.h>
+#include <sqlite3.h>
+
+struct Store {
+    sqlite3 *db;
+    char path[1024];
+};
+
+/* Schema of version 1, applied to an empty database. A later version adds a
+ * MIGRATIONS entry that turns version N-1 into N. */
+static const char *const MIGRATIONS[STORE_SCHEMA_VERSION] = {
+    "CREATE TABLE datasets ("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL UNIQUE,"
+    "  path TEXT NOT NULL,"
+    "  source TEXT NOT NULL CHECK (source IN ('folder', 'upload')),"
+    "  created REAL NOT NULL,"
+    "  report TEXT NOT NULL);"
+    "CREATE TABLE jobs ("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  spec TEXT NOT NULL,"
+    "  state TEXT NOT NULL CHECK (state IN"
+    "    ('queued', 'running', 'completed', 'failed', 'cancelled')),"
+    "  error TEXT,"
+    "  created REAL NOT NULL,"
+    "  started REAL,"
+    "  finished REAL,"
+    "  epochs_total INTEGER NOT NULL,"
+    "  epochs_done INTEGER NOT NULL DEFAULT 0,"
+    "  phase INTEGER,"
+    "  phase_name TEXT,"
+    "  classes TEXT,"
+    "  info TEXT);"
+    "CREATE TABLE epochs ("
+    "  job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"
+    "  epoch INTEGER NOT NULL,"
+    "  phase INTEGER NOT NULL,"
+    "  phase_name TEXT NOT NULL,"
+    "  phase_epoch INTEGER NOT NULL,"
+    "  lr REAL,"
+    "  train_loss REAL, train_acc REAL,"
+    "  val_loss REAL, val_acc REAL, val_balanced_acc REAL,"
+    "  seconds REAL, images_per_second REAL,"
+    "  best INTEGER NOT NULL,"
+    "  cached INTEGER NOT NULL,"
+    "  grad_norm TEXT, weight_change TEXT, predicted TEXT, confusion TEXT,"
+    "  PRIMARY KEY (job_id, epoch));"
+    "CREATE TABLE class_metrics ("
+    "  job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"
+    "  epoch INTEGER NOT NULL,"
+    "  class INTEGER NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  precision REAL, recall REAL, f1 REAL,"
+    "  support INTEGER NOT NULL, predicted INTEGER NOT NULL,"
+    "  PRIMARY KEY (job_id, epoch, class));"
+    "CREATE TABLE steps ("
+    "  job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"
+    "  epoch INTEGER NOT NULL,"
+    "  step INTEGER NOT NULL,"
+    "  steps INTEGER NOT NULL,"
+    "  loss REAL,"
+    "  lr REAL,"
+    "  PRIMARY KEY (job_id, epoch, step));"
+    "CREATE TABLE findings ("
+    "  job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"
+    "  code TEXT NOT NULL,"
+    "  severity TEXT NOT NULL,"
+    "  epoch INTEGER,"
+    "  title TEXT NOT NULL,"
+    "  evidence TEXT NOT NULL,"
+    "  fix TEXT NOT NULL,"
+    "  PRIMARY KEY (job_id, code));",
+};
+
+static double now_unix(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int db_error(Store *s, Error *err, const char *what)
+{
+    return error_set(err, "database %s: %s: %s", s->path, what, sqlite3_errmsg(s->db));
+}
+
+static int exec(Store *s, const char *sql, Error *err)
+{
+    char *msg = NULL;
+    if (sqlite3_exec(s->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
+        error_set(err, "database %s: %s", s->path, msg ? msg : sqlite3_errmsg(s->db));
+        sqlite3_free(msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int pragma_int(Store *s, const char *sql, int *out, Error *err)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK)
+        return db_error(s, err, sql);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *out = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return rc == SQLITE_ROW ? 0 : db_error(s, err, sql);
+}
+
+static int migrate(Store *s, Error *err)
+{
+    if (exec(s, "BEGIN IMMEDIATE", err))
+        return -1;
+    int version = 0;
+    if (pragma_int(s, "PRAGMA user_version", &version, err))
+        goto fail;
+    if (version > STORE_SCHEMA_VERSION) {
+        error_set(err, "database %s has schema version %d, newer than this resnetd's %d: "
+                  "use a newer resnetd or another data directory", s->path, version,
+                  STORE_SCHEMA_VERSION);
+        goto fail;
+    }
+    for (int v = version; v < STORE_SCHEMA_VERSION; v++)
+        if (exec(s, MIGRATIONS[v], err)) {
+            error_wrap(err, "migrating the schema to version %d", v + 1);
+            goto fail;
+        }
+    if (version != STORE_SCHEMA_VERSION) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %d", STORE_SCHEMA_VERSION);
+        if (exec(s, sql, err))
+            goto fail;
+    }
+    return exec(s, "COMMIT", err);
+fail:
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}
+
+int store_open(Store **out, const char *path, Error *err)
+{
+    *out = NULL;
+    Store *s = calloc(1, sizeof *s);
+    if (!s)
+        return error_set(err, "out of memory");
+    snprintf(s->path, sizeof s->path, "%s", path);
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                          SQLITE_OPEN_NOMUTEX, NULL) != SQLITE_OK) {
+        error_set(err, "cannot open database %s: %s", path,
+                  s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        store_close(s);
+        return -1;
+    }
+    sqlite3_busy_timeout(s->db, 10000);
+    sqlite3_extended_result_codes(s->db, 1);
+    /* journal_mode reports the mode in force: anything but "wal" is an error
+     * (for instance a file that is not a database shows up here) */
+    sqlite3_stmt *st;
+    int wal = 0;
+    if (sqlite3_prepare_v2(s->db, "PRAGMA journal_mode = WAL", -1, &st, NULL) == SQLITE_OK) {
+        if (sqlite3_step(st) == SQLITE_ROW) {
+            const unsigned char *mode = sqlite3_column_text(st, 0);
+            wal = mode && !strcmp((const char *)mode, "wal");
+        }
+        sqlite3_finalize(st);
+    }
+    if (!wal) {
+        db_error(s, err, "cannot switch to WAL mode");
+        store_close(s);
+        return -1;
+    }
+    if (exec(s, "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON", err) ||
+        migrate(s, err)) {
+        store_close(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
+void store_close(Store *s)
+{
+    if (!s)
+        return;
+    sqlite3_close(s->db);
+    free(s);
+}
+
+void *store_db(Store *s)
+{
+    return s->db;
+}
+
+/* Prepares sql, or sets err. */
+static sqlite3_stmt *prepare(Store *s, const char *sql, Error *err)
+{
+    sqlite3_stmt *st;
+    if (sqlite3_prepare_v2(s->db, sql, -1, &st, NULL) != SQLITE_OK) {
+        db_error(s, err, "prepare");
+        return NULL;
+    }
+    return st;
+}
+
+/* Steps a statement that returns no rows, and finalizes it. */
+static int run(Store *s, sqlite3_stmt *st, Error *err)
+{
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        error_set(err, "database %s: %s", s->path, sqlite3_errmsg(s->db));
+    sqlite3_finalize(st);
+    return rc == SQLITE_DONE ? 0 : -1;
+}
+
+/* NaN and infinities are stored as NULL. */
+static void bind_real(sqlite3_stmt *st, int i, double v)
+{
+    if (isfinite(v))
+        sqlite3_bind_double(st, i, v);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+static void bind_json(sqlite3_stmt *st, int i, json_t *j)
+{
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (text)
+        sqlite3_bind_text(st, i, text, -1, free);
+    else
+        sqlite3_bind_null(st, i);
+    json_decref(j);
+}
+
+static json_t *real_array(const double *v, int n)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, isfinite(v[i]) ? json_real(v[i]) : json_null());
+    return a;
+}
+
+static json_t *int_array(const int64_t *v, int n)
+{
+    json_t *a = json_array();
+    for (int i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(v[i]));
+    return a;
+}
+
+int store_job_insert(Store *s, const char *name, const char *spec_json, int epochs_total,
+                     const char *state, int64_t *id, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, "INSERT INTO jobs (name, spec, state, created, epochs_total) "
+                                  "VALUES (?, ?, ?, ?, ?)", err);
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, spec_json, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 4, now_unix());
+    sqlite3_bind_int(st, 5, epochs_total);
+    if (run(s, st, err))
+        return -1;
+    *id = sqlite3_last_insert_rowid(s->db);
+    return 0;
+}
+
+int store_job_set_state(Store *s, int64_t id, const char *state, const char *error, Error *err)
+{
+    int final = strcmp(state, JOB_QUEUED) && strcmp(state, JOB_RUNNING);
+    sqlite3_stmt *st = prepare(s,
+        "UPDATE jobs SET state = ?1, error = ?2,"
+        " started = CASE WHEN ?1 = 'running' THEN coalesce(started, ?3) ELSE started END,"
+        " finished = CASE WHEN ?4 THEN ?3 ELSE NULL END"
+        " WHERE id = ?5", err);
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, state, -1, SQLITE_STATIC);
+    if (error)
+        sqlite3_bind_text(st, 2, error, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 2);
+    sqlite3_bind_double(st, 3, now_unix());
+    sqlite3_bind_int(st, 4, final);
+    sqlite3_bind_int64(st, 5, id);
+    return run(s, st, err);
+}
+
+int store_job_started(Store *s, int64_t id, const Dataset *ds, const char *info_json,
+                      Error *err)
+{
+    json_t *classes = json_array();
+    for (int c = 0; c < ds->n_classes; c++)
+        json_array_append_new(classes, json_string(ds->classes[c]));
+    sqlite3_stmt *st = prepare(s, "UPDATE jobs SET classes = ?, info = ? WHERE id = ?", err);
+    if (!st) {
+        json_decref(classes);
+        return -1;
+    }
+    bind_json(st, 1, classes);
+    if (info_json)
+        sqlite3_bind_text(st, 2, info_json, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 2);
+    sqlite3_bind_int64(st, 3, id);
+    return run(s, st, err);
+}
+
+int store_job_phase(Store *s, int64_t id, int phase, const char *phase_name, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, "UPDATE jobs SET phase = ?, phase_name = ? WHERE id = ?", err);
+    if (!st)
+        return -1;
+    sqlite3_bind_int(st, 1, phase);
+    sqlite3_bind_text(st, 2, phase_name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, id);
+    return run(s, st, err);
+}
+
+static int put_epoch_row(Store *s, int64_t job, const EpochReport *r, Error *err)
+{
+    sqlite3_stmt *st = prepare(s,
+        "INSERT OR REPLACE INTO epochs (job_id, epoch, phase, phase_name, phase_epoch, lr,"
+        " train_loss, train_acc, val_loss, val_acc, val_balanced_acc, seconds,"
+        " images_per_second, best, cached, grad_norm, weight_change, predicted, confusion)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", err);
+    if (!st)
+        return -1;
+    int i = 1;
+    sqlite3_bind_int64(st, i++, job);
+    sqlite3_bind_int(st, i++, r->epoch);
+    sqlite3_bind_int(st, i++, r->phase);
+    sqlite3_bind_text(st, i++, r->phase_name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, i++, r->phase_epoch);
+    bind_real(st, i++, r->lr);
+    bind_real(st, i++, r->train_loss);
+    bind_real(st, i++, r->train_accuracy);
+    bind_real(st, i++, r->val_loss);
+    bind_real(st, i++, r->val_accuracy);
+    bind_real(st, i++, r->val_balanced_accuracy);
+    bind_real(st, i++, r->seconds);
+    bind_real(st, i++, r->images_per_second);
+    sqlite3_bind_int(st, i++, r->best);
+    sqlite3_bind_int(st, i++, r->cached);
+    bind_json(st, i++, real_array(r->grad_norm, TRAIN_STAGES));
+    bind_json(st, i++, real_array(r->weight_change, TRAIN_STAGES));
+    bind_json(st, i++, r->val ? int_array(r->val->predicted, r->val->k) : NULL);
+    json_t *conf = NULL;
+    if (r->confusion) {
+        conf = json_array();
+        for (int t = 0; t < r->confusion->k; t++)
+            json_array_append_new(conf, int_array(r->confusion->matrix +
+                                                  (size_t)t * r->confusion->k,
+                                                  r->confusion->k));
+    }
+    bind_json(st, i++, conf);
+    return run(s, st, err);
+}
+
+static int put_class_rows(Store *s, int64_t job, const EpochReport *r, char *const *names,
+                          Error *err)
+{
+    if (!r->val)
+        return 0;
+    sqlite3_stmt *st = prepare(s,
+        "INSERT OR REPLACE INTO class_metrics (job_id, epoch, class, name, precision, recall,"
+        " f1, support, predicted) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", err);
+    if (!st)
+        return -1;
+    int rc = 0;
+    for (int c = 0; c < r->val->k && !rc; c++) {
+        sqlite3_reset(st);
+        sqlite3_bind_int64(st, 1, job);
+        sqlite3_bind_int(st, 2, r->epoch);
+        sqlite3_bind_int(st, 3, c);
+        sqlite3_bind_text(st, 4, names ? names[c] : "", -1, SQLITE_TRANSIENT);
+        bind_real(st, 5, r->val->precision[c]);
+        bind_real(st, 6, r->val->recall[c]);
+        bind_real(st, 7, r->val->f1[c]);
+        sqlite3_bind_int64(st, 8, r->val->support[c]);
+        sqlite3_bind_int64(st, 9, r->val->predicted[c]);
+        int step = sqlite3_step(st);
+        if (step != SQLITE_DONE)
+            rc = error_set(err, "database %s: %s", s->path, sqlite3_errmsg(s->db));
+    }
+    sqlite3_finalize(st);
+    return rc;
+}
+
+/* jobs.epochs_done from the epoch rows, then COMMIT (inside a transaction). */
+static int count_epochs_commit(Store *s, int64_t job, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, "UPDATE jobs SET epochs_done = (SELECT count(*) FROM epochs"
+                                  " WHERE job_id = ?1) WHERE id = ?1", err);
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, job);
+    return run(s, st, err) || exec(s, "COMMIT", err) ? -1 : 0;
+}
+
+int store_epoch_put(Store *s, int64_t job, const EpochReport *r, char *const *class_names,
+                    Error *err)
+{
+    if (exec(s, "BEGIN IMMEDIATE", err))
+        return -1;
+    if (put_epoch_row(s, job, r, err) || put_class_rows(s, job, r, class_names, err) ||
+        count_epochs_commit(s, job, err))
+        goto fail;
+    return 0;
+fail:
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    return error_wrap(err, "epoch %d of job %lld", r->epoch + 1, (long long)job);
+}
+
+int store_step_put(Store *s, int64_t job, int epoch, int step, int steps, double loss,
+                   float lr, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, "INSERT OR REPLACE INTO steps (job_id, epoch, step, steps,"
+                                  " loss, lr) VALUES (?, ?, ?, ?, ?, ?)", err);
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, job);
+    sqlite3_bind_int(st, 2, epoch);
+    sqlite3_bind_int(st, 3, step);
+    sqlite3_bind_int(st, 4, steps);
+    bind_real(st, 5, loss);
+    bind_real(st, 6, lr);
+    return run(s, st, err);
+}
+
+int store_job_trim(Store *s, int64_t job, int from_epoch, Error *err)
+{
+    if (exec(s, "BEGIN IMMEDIATE", err))
+        return -1;
+    static const char *const tables[3] = {"epochs", "class_metrics", "steps"};
+    for (int t = 0; t < 3; t++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "DELETE FROM %s WHERE job_id = ? AND epoch >= ?", tables[t]);
+        sqlite3_stmt *st = prepare(s, sql, err);
+        if (!st)
+            goto fail;
+        sqlite3_bind_int64(st, 1, job);
+        sqlite3_bind_int(st, 2, from_epoch);
+        if (run(s, st, err))
+            goto fail;
+    }
+    if (count_epochs_commit(s, job, err))
+        goto fail;
+    return 0;
+fail:
+    sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    return -1;
+}

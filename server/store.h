@@ -1,0 +1,80 @@
+/*
+ * store.h: the SQLite store of datasets, jobs and their metrics.
+ *
+ * One Store is one connection, used by one thread (the thread that owns the
+ * rows it writes: the training worker writes epochs and steps, HTTP handlers
+ * read). The database runs in WAL mode, so readers never wait for the writer;
+ * every write is one short transaction. store_open creates the schema or
+ * migrates an older one (PRAGMA user_version); a database written by a newer
+ * resnetd is refused rather than touched.
+ *
+ * Tables (docs/api.md shows them as JSON):
+ *   datasets       id, name, path, source ("folder" or "upload"), created, report (JSON)
+ *   jobs           id, name, spec (JSON), state, error, created, started, finished,
+ *                  epochs_total, epochs_done, phase, phase_name, classes (JSON), info (JSON)
+ *   epochs         one row per job and epoch: losses, accuracies, lr, time, per-stage
+ *                  gradient norms and weight change, predicted-class histogram,
+ *                  confusion matrix (JSON arrays)
+ *   class_metrics  one row per job, epoch and class: precision, recall, F1, support
+ *   steps          one row per job, epoch and step: loss, lr
+ *   findings       one row per job and finding code (diagnosis)
+ * Epoch, class and step rows are keyed by (job, epoch[, ...]) and written with
+ * "insert or replace": a job resumed from a checkpoint rewrites the epochs after
+ * it, so no epoch is lost or stored twice.
+ */
+#ifndef RESNETD_STORE_H
+#define RESNETD_STORE_H
+
+#include <stdint.h>
+
+#include "error.h"
+#include "train.h"
+
+#define STORE_SCHEMA_VERSION 1
+
+typedef struct Store Store;
+
+/* Opens (creating when missing) the database at path. */
+int store_open(Store **out, const char *path, Error *err);
+void store_close(Store *s);
+
+/* Job states. */
+#define JOB_QUEUED "queued"
+#define JOB_RUNNING "running"
+#define JOB_COMPLETED "completed"
+#define JOB_FAILED "failed"
+#define JOB_CANCELLED "cancelled"
+
+/* A new job row in state `state`; its id in *id. */
+int store_job_insert(Store *s, const char *name, const char *spec_json, int epochs_total,
+                     const char *state, int64_t *id, Error *err);
+
+/* State change; error may be NULL. "running" sets started (first time only);
+ * completed, failed and cancelled set finished. */
+int store_job_set_state(Store *s, int64_t id, const char *state, const char *error, Error *err);
+
+/* The class names (label order) and the job's set-up description (JSON object
+ * text, may be NULL), recorded when training starts. */
+int store_job_started(Store *s, int64_t id, const Dataset *ds, const char *info_json,
+                      Error *err);
+
+/* The phase now running. */
+int store_job_phase(Store *s, int64_t id, int phase, const char *phase_name, Error *err);
+
+/* The epoch's row and its per-class rows, one transaction; updates
+ * jobs.epochs_done. class_names: ds->classes. */
+int store_epoch_put(Store *s, int64_t job, const EpochReport *r, char *const *class_names,
+                    Error *err);
+
+/* One training step. */
+int store_step_put(Store *s, int64_t job, int epoch, int step, int steps, double loss,
+                   float lr, Error *err);
+
+/* Removes epoch, class and step rows of epochs >= from_epoch (before a resume
+ * from a checkpoint taken after epoch from_epoch - 1). */
+int store_job_trim(Store *s, int64_t job, int from_epoch, Error *err);
+
+/* For tests and tools: the raw connection (sqlite3 *). */
+void *store_db(Store *s);
+
+#endif
