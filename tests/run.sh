@@ -60,10 +60,14 @@ if [ "$mode" = all ]; then
     log="$build/test-logs/$name.log"
     $PY -m unittest -v "$t" > "$log" 2>&1
     rc=$?
-    ok=$(grep -cE ' \.\.\. ok$' "$log")
-    bad=$(grep -cE ' \.\.\. (FAIL|ERROR)$' "$log")
+    # unittest's summary: "Ran N tests" then "OK" or "FAILED (failures=F, errors=E)"
+    ran=$(sed -n 's/^Ran \([0-9]*\) tests\?.*/\1/p' "$log" | tail -1)
+    fails=$(sed -n 's/^FAILED (.*failures=\([0-9]*\).*/\1/p' "$log" | tail -1)
+    errs=$(sed -n 's/^FAILED (.*errors=\([0-9]*\).*/\1/p' "$log" | tail -1)
+    bad=$(( ${fails:-0} + ${errs:-0} ))
+    ok=$(( ${ran:-0} - bad ))
     if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
-    [ "$bad" -gt 0 ] && { failures+=("$name (see $log)"); grep -E ' \.\.\. (FAIL|ERROR)$' "$log" | sed 's/^/  FAIL /'; }
+    [ "$bad" -gt 0 ] && { failures+=("$name (see $log)"); grep -E '^(FAIL|ERROR): ' "$log" | sed 's/^/  /'; }
     passed=$((passed + ok)); failed=$((failed + bad))
     printf '%-28s %3d passed, %d failed\n' "$name" "$ok" "$bad"
   done < <(find tests -name 'test_*.py' | sort)

@@ -3,6 +3,7 @@
 #   1. pretrain from scratch on Fashion-MNIST classes 0-4 at 32x32, export;
 #   2. fine-tune on classes 5-9 (head phase, then stage:5) from those weights;
 #   3. the same schedule from random weights, for comparison.
+# Every run is recorded in OUT_DIR/acceptance.db (resnetd train --db).
 # Usage: tools/fmnist_acceptance.sh [BUILD_DIR] [OUT_DIR]
 set -euo pipefail
 build=${1:-build}
@@ -31,12 +32,15 @@ finetune() { # name weights preprocess
 JSON
 }
 echo "== pretrain ($per_pre images x 5 classes, $pre_epochs epochs)"
-"$build/resnetd" train "$out/pretrain.json" --export "$out/pretrained.safetensors" | tee "$out/pretrain.log" | grep -v '^  per stage'
+"$build/resnetd" train "$out/pretrain.json" --db "$out/acceptance.db" --export "$out/pretrained.safetensors" | tee "$out/pretrain.log" | grep -v '^  per stage'
 finetune finetune "$out/pretrained.safetensors" auto
 finetune scratch random torch
 echo "== fine-tune from the pretrained weights ($per_ft images x 5 other classes)"
-"$build/resnetd" train "$out/finetune.json" | tee "$out/finetune.log" | grep -v '^  per stage'
+"$build/resnetd" train "$out/finetune.json" --db "$out/acceptance.db" | tee "$out/finetune.log" | grep -v '^  per stage'
 echo "== the same schedule from random weights"
-"$build/resnetd" train "$out/scratch.json" | tee "$out/scratch.log" | grep -v '^  per stage'
+"$build/resnetd" train "$out/scratch.json" --db "$out/acceptance.db" | tee "$out/scratch.log" | grep -v '^  per stage'
 best() { grep -o 'val loss [0-9.]* acc [0-9.]*' "$1" | awk '{print $5}' | sort -g | tail -1; }
 echo "best val accuracy: fine-tuned $(best "$out/finetune.log"), from random $(best "$out/scratch.log")"
+ips() { grep "\[head\]" "$1" | sed -n "$2p" | grep -o '[0-9.]* img/s' | awk '{print $1}'; }
+echo "head phase of the fine-tuning: $(ips "$out/finetune.log" 1) img/s in its first epoch," \
+     "$(ips "$out/finetune.log" 3) img/s in its last (frozen part cached)"
