@@ -268,8 +268,16 @@ void loader_epoch_order(const Loader *l, int epoch, int *order)
 
 int loader_start_epoch(Loader *l, int epoch, Error *err)
 {
+    return loader_start_epoch_at(l, epoch, 0, err);
+}
+
+int loader_start_epoch_at(Loader *l, int epoch, int first_batch, Error *err)
+{
     if (epoch < 0)
         return error_set(err, "loader: epoch must be >= 0 (got %d)", epoch);
+    if (first_batch < 0 || first_batch > l->nbatches)
+        return error_set(err, "loader: first batch %d is outside 0..%d", first_batch,
+                         l->nbatches);
     pthread_mutex_lock(&l->mu);
     l->active = 0;
     while (l->building > 0) /* a worker may still be filling a slot of the old epoch */
@@ -278,8 +286,8 @@ int loader_start_epoch(Loader *l, int epoch, Error *err)
     for (int s = 0; s < l->nslots; s++)
         l->slot_state[s] = SLOT_FREE;
     l->epoch = epoch;
-    l->next_claim = 0;
-    l->next_take = 0;
+    l->next_claim = first_batch;
+    l->next_take = first_batch;
     l->active = 1;
     pthread_cond_broadcast(&l->cv_work);
     pthread_mutex_unlock(&l->mu);

@@ -66,6 +66,10 @@ int loader_create(Loader **out, const Dataset *ds, int split, const Preprocess *
  * Any batches of the previous epoch not yet taken are discarded. */
 int loader_start_epoch(Loader *l, int epoch, Error *err);
 
+/* Like loader_start_epoch, but the epoch's first first_batch batches are
+ * skipped (not decoded): resuming an epoch that stopped part-way. */
+int loader_start_epoch_at(Loader *l, int epoch, int first_batch, Error *err);
+
 /* Waits for the next batch of the current epoch. Returns 1 with *b filled (valid
  * until the next call), 0 at the end of the epoch, -1 when an image could not be
  * prepared (err names the file). */

@@ -378,6 +378,11 @@ typedef struct {
     float *opt_m, *opt_v, *opt_started; /* loaded, owned */
     int64_t opt_step;
     LrScheduler sched;
+    /* an epoch stopped part-way: the next step, and the sums so far */
+    int step_next;
+    double loss_sum, seconds;
+    int64_t seen, correct, full_forwards;
+    double grad_norm[TRAIN_STAGES];
 } Checkpoint;
 
 static void checkpoint_free(Checkpoint *ck)
@@ -419,7 +424,12 @@ static int checkpoint_save(const char *path, const JobSpec *s, const Resnet *m,
     ENTRY("optim.started", started, m->n_params);
     if (best_params) ENTRY("best_params", best_params, m->n_floats);
 #undef ENTRY
-    char fp[1024], v[13][32];
+    char fp[1024], v[13][32], partial[512];
+    int pn = snprintf(partial, sizeof partial, "%d %.17g %.17g %lld %lld %lld", ck->step_next,
+                      ck->loss_sum, ck->seconds, (long long)ck->seen, (long long)ck->correct,
+                      (long long)ck->full_forwards);
+    for (int k = 0; k < TRAIN_STAGES; k++)
+        pn += snprintf(partial + pn, sizeof partial - (size_t)pn, " %.17g", ck->grad_norm[k]);
     fingerprint(fp, sizeof fp, s, m);
     snprintf(v[0], sizeof v[0], "%d", ck->phase);
     snprintf(v[1], sizeof v[1], "%d", ck->phase_epoch_next);
@@ -438,7 +448,7 @@ static int checkpoint_save(const char *path, const JobSpec *s, const Resnet *m,
                           "epoch_next", v[2], "epochs_run", v[3], "es_best", v[4],
                           "es_bad_epochs", v[5], "es_have_best", v[6], "es_stopped", v[7],
                           "optim_step", v[8], "sched_lr", v[9], "sched_counts", v[10],
-                          "sched_best", v[11], "dropout_rng", v[12]};
+                          "sched_best", v[11], "dropout_rng", v[12], "partial_epoch", partial};
     int rc = safetensors_write(path, e, n, meta, (int)(sizeof meta / sizeof meta[0]) / 2, err);
     free(started);
     if (rc)
@@ -522,6 +532,27 @@ static int checkpoint_load(const char *path, const JobSpec *s, Resnet *m, float 
         error_set(err, "checkpoint %s has missing or invalid counters", path);
         goto done;
     }
+    const char *partial = safetensors_meta(&st, "partial_epoch");
+    if (partial) {
+        long long seen, correct, full;
+        int off = 0;
+        if (sscanf(partial, "%d %lf %lf %lld %lld %lld%n", &ck->step_next, &ck->loss_sum,
+                   &ck->seconds, &seen, &correct, &full, &off) != 6 || ck->step_next < 0) {
+            error_set(err, "checkpoint %s has an invalid partial_epoch", path);
+            goto done;
+        }
+        ck->seen = seen;
+        ck->correct = correct;
+        ck->full_forwards = full;
+        for (int k = 0; k < TRAIN_STAGES; k++) {
+            int used = 0;
+            if (sscanf(partial + off, "%lf%n", &ck->grad_norm[k], &used) != 1) {
+                error_set(err, "checkpoint %s has an invalid partial_epoch", path);
+                goto done;
+            }
+            off += used;
+        }
+    }
     ck->phase = (int)x[0];
     ck->phase_epoch_next = (int)x[1];
     ck->epoch_next = (int)x[2];
@@ -590,6 +621,8 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
     DatasetOptions dopt = dataset_default_options();
     dopt.val_fraction = s->val_fraction;
     dopt.seed = s->seed;
+    if (opt && opt->max_pixels)
+        dopt.max_pixels = opt->max_pixels;
     if (dataset_scan(&ds, s->dataset, &dopt, err)) {
         error_wrap(err, "dataset");
         goto done;
@@ -639,7 +672,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
     }
     int epoch = resumed ? ck.epoch_next : 0;
     if (cb && cb->on_start)
-        cb->on_start(cb->ctx, &ds, &p, epoch);
+        cb->on_start(cb->ctx, &ds, &p, epoch, resumed ? ck.step_next : 0);
     for (int pi = resumed ? ck.phase : 0; pi < s->n_phases && !res->cancelled; pi++) {
         const PhaseSpec *ph = &s->phases[pi];
         const int resuming = resumed && pi == ck.phase;
@@ -699,12 +732,22 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             double t0 = now_seconds(), loss_sum = 0;
             int64_t seen = 0, correct = 0;
             int steps = loader_batches_per_epoch(train), step = 0, lrc = 0;
+            if (resuming && ck.step_next > 0) { /* this epoch stopped part-way */
+                step = ck.step_next;
+                loss_sum = ck.loss_sum;
+                seen = ck.seen;
+                correct = ck.correct;
+                r.full_forwards = ck.full_forwards;
+                memcpy(r.grad_norm, ck.grad_norm, sizeof r.grad_norm);
+                t0 -= ck.seconds;
+                ck.step_next = 0;
+            }
             const int cached = act_cache_complete(&cache, train, SPLIT_TRAIN);
             const int total_train = loader_size(train);
             Batch b;
             if (cached)
                 loader_epoch_order(train, epoch, cache.order);
-            else if (loader_start_epoch(train, epoch, err)) {
+            else if (loader_start_epoch_at(train, epoch, step, err)) {
                 optim_free(&optim);
                 goto done;
             }
@@ -755,8 +798,34 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
                 optim_free(&optim);
                 goto done;
             }
-            if (res->cancelled)
+            if (res->cancelled) {
+                if (opt && opt->checkpoint_path && opt->checkpoint_on_cancel &&
+                    *opt->checkpoint_on_cancel && step < steps) {
+                    Checkpoint now;
+                    memset(&now, 0, sizeof now);
+                    now.phase = pi;
+                    now.phase_epoch_next = pe;
+                    now.epoch_next = epoch;
+                    now.epochs_run = res->epochs_run;
+                    now.best = best;
+                    now.bad_epochs = bad_epochs;
+                    now.have_best = have_best;
+                    now.stopped = 0;
+                    now.step_next = step;
+                    now.loss_sum = loss_sum;
+                    now.seconds = now_seconds() - t0;
+                    now.seen = seen;
+                    now.correct = correct;
+                    now.full_forwards = r.full_forwards;
+                    memcpy(now.grad_norm, r.grad_norm, sizeof now.grad_norm);
+                    if (checkpoint_save(opt->checkpoint_path, s, m, &optim, &sched, &now,
+                                        have_best ? best_params : NULL, err)) {
+                        optim_free(&optim);
+                        goto done;
+                    }
+                }
                 break;
+            }
             for (int k = 0; k < TRAIN_STAGES; k++)
                 r.grad_norm[k] = step ? r.grad_norm[k] / step : 0.0;
             weight_changes(m, start_params, r.weight_change);

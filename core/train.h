@@ -72,9 +72,10 @@ typedef struct {
     void (*on_done)(void *ctx, const struct Resnet *m, const Dataset *ds, const Preprocess *p);
     /* once, after the dataset is scanned, the model built and a checkpoint
      * loaded, before the first phase (borrowed for the call): the class names,
-     * the preprocessing in force, and the first epoch that will run (0, or the
-     * epoch after a resumed checkpoint's) */
-    void (*on_start)(void *ctx, const Dataset *ds, const Preprocess *p, int first_epoch);
+     * the preprocessing in force, and the first epoch and step that will run
+     * (0 and 0, or where a resumed checkpoint left off) */
+    void (*on_start)(void *ctx, const Dataset *ds, const Preprocess *p, int first_epoch,
+                     int first_step);
 } TrainCallbacks;
 
 typedef struct {
@@ -107,6 +108,12 @@ typedef struct {
      * folder); NULL: never spill. The file is only used when the file system
      * has room for it with 1 GiB to spare. */
     const char *spill_dir;
+    /* Largest image accepted, in pixels (0: the dataset scan's default). */
+    uint64_t max_pixels;
+    /* When non-NULL and set as the cancel flag stops an epoch part-way, a
+     * checkpoint of that point is written (a daemon shutting down): resuming
+     * continues with the next batch, as if never stopped. */
+    const volatile int *checkpoint_on_cancel;
 } TrainOptions;
 
 #define TRAIN_ACTIVATION_CACHE_DEFAULT ((size_t)2 << 30)

@@ -372,7 +372,7 @@ static void test_checkpoint_resume_matches(void **state)
 
     char ckpt[4096];
     snprintf(ckpt, sizeof ckpt, "%s", testutil_tmp_path("job.ckpt"));
-    TrainOptions to = {ckpt, 1, 0, 0, NULL};
+    TrainOptions to = {.checkpoint_path = ckpt, .resume = 1};
     Curve b;
     memset(&b, 0, sizeof b);
     b.cancel_after = 2;
@@ -395,6 +395,40 @@ static void test_checkpoint_resume_matches(void **state)
         int k = e < 2 ? e : e - 2;
         print_message("  epoch %d: train %.6f/%.6f val %.6f/%.6f\n", e + 1, a.train_loss[e],
                       got->train_loss[k], a.val_loss[e], got->val_loss[k]);
+        assert_true(fabs(a.train_loss[e] - got->train_loss[k]) <= 1e-5 * fabs(a.train_loss[e]));
+        assert_true(fabs(a.val_loss[e] - got->val_loss[k]) <= 1e-5 * fabs(a.val_loss[e]));
+        assert_true(fabs(a.val_acc[e] - got->val_acc[k]) <= 1e-5);
+    }
+
+    /* stopped in the middle of epoch 2 (a daemon shutting down: checkpoint_on_cancel),
+     * resumed at its next batch: the same 5 epochs */
+    char ckpt2[4096];
+    snprintf(ckpt2, sizeof ckpt2, "%s", testutil_tmp_path("job-mid.ckpt"));
+    static volatile int shutting_down = 1;
+    TrainOptions mid = {.checkpoint_path = ckpt2, .resume = 1,
+                        .checkpoint_on_cancel = &shutting_down};
+    Curve d, e2;
+    memset(&d, 0, sizeof d);
+    memset(&e2, 0, sizeof e2);
+    d.log.stop_after = 8; /* 6 steps per epoch: the 2nd step of epoch 2 */
+    cb.ctx = &d;
+    cb.cancel = &d.log.cancel;
+    if (train_run(&s, &mid, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(res.cancelled, 1);
+    assert_int_equal(d.n, 1);
+    assert_int_equal(d.log.steps, 8);
+    cb.ctx = &e2;
+    cb.cancel = &e2.log.cancel;
+    if (train_run(&s, &mid, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(e2.n, 4);
+    assert_int_equal(e2.log.steps, 5 * 6 - 8); /* the rest of the steps, each once */
+    for (int e = 0; e < 5; e++) {
+        const Curve *got = e < 1 ? &d : &e2;
+        int k = e < 1 ? e : e - 1;
+        print_message("  epoch %d (stopped mid-epoch 2): train %.6f/%.6f val %.6f/%.6f\n", e + 1,
+                      a.train_loss[e], got->train_loss[k], a.val_loss[e], got->val_loss[k]);
         assert_true(fabs(a.train_loss[e] - got->train_loss[k]) <= 1e-5 * fabs(a.train_loss[e]));
         assert_true(fabs(a.val_loss[e] - got->val_loss[k]) <= 1e-5 * fabs(a.val_loss[e]));
         assert_true(fabs(a.val_acc[e] - got->val_acc[k]) <= 1e-5);
@@ -487,9 +521,10 @@ static void test_activation_cache_matches(void **state)
     snprintf(spill_dir, sizeof spill_dir, "%s", testutil_tmp_path("spill"));
     assert_int_equal(mkdir(spill_dir, 0700), 0);
     spilled.spill_dir = spill_dir;
-    TrainOptions off = {NULL, 0, 0, 1, NULL}, on = {NULL, 0, 0, 0, NULL};
+    TrainOptions off = {.no_activation_cache = 1}, on = {.checkpoint_path = NULL};
     /* a budget of one byte: the cache goes to a file, or nowhere without a folder */
-    TrainOptions spill = {NULL, 0, 1, 0, spill_dir}, tight = {NULL, 0, 1, 0, NULL};
+    TrainOptions spill = {.activation_cache_bytes = 1, .spill_dir = spill_dir},
+                 tight = {.activation_cache_bytes = 1};
     TrainResult res;
     TrainCallbacks cb = {&plain, cache_phase, on_step, cache_epoch, NULL, NULL, NULL};
     if (train_run(&s, &off, &cb, &res, &err))
