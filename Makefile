@@ -34,9 +34,10 @@ help:
 	@echo "make deps   install missing Debian packages (tools/debian-packages.txt)"
 	@echo "make all    build build/resnetd, the unit tests and the benchmarks"
 	@echo "make test   deps + build + every test (unit, PyTorch reference)"
-	@echo "make asan   unit tests under address+undefined sanitizers"
+	@echo "make asan   unit tests, and the daemon's API tests, under address+undefined sanitizers"
 	@echo "make bench  resnetd vs PyTorch, side by side (writes bench/last.json)"
-	@echo "make demo   set up and run the demo"
+	@echo "make run    build and start the daemon with the defaults (127.0.0.1:8080, data in ./var)"
+	@echo "make demo   set up, start the daemon and run the pretrain-then-fine-tune demo through the API"
 
 deps:
 	@tools/deps.sh
@@ -75,13 +76,17 @@ unit: all
 asan: deps
 	$(MAKE) BUILD=build-asan CFLAGS="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" all
 	@tests/run.sh build-asan unit
+	@echo "== the daemon's black-box tests against the sanitized build/resnetd"
+	@RESNETD_BUILD_DIR=build-asan ASAN_OPTIONS=abort_on_error=1 /usr/bin/python3 -m unittest tests/api/test_api.py tests/api/test_restart.py
 
 bench: deps all
 	@bench/run.sh $(BUILD)
 
-demo:
-	@echo "make demo: not yet: the daemon (issue 5) does not exist yet."
-	@echo "For now: make test, make bench, and build/resnetd inspect FILE.safetensors."
+run: all
+	$(BUILD)/resnetd serve
+
+demo: deps all
+	@tools/demo.sh $(BUILD)
 
 clean:
 	rm -rf build build-asan

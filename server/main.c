@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include <errno.h>
+#include <pthread.h>
+#include <sys/stat.h>
 #include <math.h>
 #include <signal.h>
 #include <time.h>
@@ -13,13 +15,18 @@
 
 #include <sqlite3.h>
 
+#include "api.h"
 #include "blas.h"
+#include "config.h"
+#include "events.h"
+#include "log.h"
 #include "jobspec.h"
 #include "predict.h"
 #include "resnet.h"
 #include "store.h"
 #include "train.h"
 #include "weights.h"
+#include "worker.h"
 
 #define RESNETD_VERSION "0.1.0"
 
@@ -28,6 +35,9 @@ static int usage(FILE *out)
     fprintf(out,
             "usage: resnetd COMMAND [ARGS]\n"
             "commands:\n"
+            "  serve [--config FILE] [--listen HOST:PORT] [--data-dir DIR] [--data-root DIR]\n"
+            "        [--weights-dir DIR] [--token T] [--threads N] [--insecure] [--print-config]\n"
+            "                           run the daemon (docs/api.md, docs/configuration.md)\n"
             "  version                  print the version and the BLAS kernel in use\n"
             "  inspect FILE.safetensors print variant, tensor count, parameter count, metadata\n"
             "  train SPEC.json [--db FILE] [--export OUT.safetensors]\n"
@@ -119,7 +129,8 @@ static void store_failure(Progress *p, const Error *err)
     p->store_failed = 1;
 }
 
-static void train_on_start(void *ctx, const Dataset *ds, const Preprocess *pp, int first_epoch)
+static void train_on_start(void *ctx, const Dataset *ds, const Preprocess *pp, int first_epoch,
+                           int first_step)
 {
     Progress *p = ctx;
     Error err;
@@ -129,7 +140,7 @@ static void train_on_start(void *ctx, const Dataset *ds, const Preprocess *pp, i
     p->epoch_t0 = now_seconds();
     if (!p->store || p->store_failed)
         return;
-    if (store_job_trim(p->store, p->job, first_epoch, &err) ||
+    if (store_job_trim(p->store, p->job, first_epoch, first_step, &err) ||
         store_job_started(p->store, p->job, ds, NULL, &err) ||
         store_job_set_state(p->store, p->job, JOB_RUNNING, NULL, &err))
         store_failure(p, &err);
@@ -425,6 +436,137 @@ static int cmd_predict(int argc, char **argv)
     return failed ? 1 : 0;
 }
 
+/* mkdir -p for one level below an existing parent, or the folder itself. */
+static int ensure_dir(const char *path, Error *err)
+{
+    char buf[4200];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) && errno != EEXIST)
+            return error_set(err, "cannot create %s: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) && errno != EEXIST)
+        return error_set(err, "cannot create %s: %s", buf, strerror(errno));
+    return 0;
+}
+
+/* The dashboard's folder: $RESNETD_WEB_DIR, ./web, web/ beside the binary's
+ * folder (build/resnetd -> web/), or /usr/share/resnetd/web. */
+static void find_web_dir(const char *argv0, char *out, size_t len)
+{
+    const char *env = getenv("RESNETD_WEB_DIR");
+    if (env && *env) {
+        snprintf(out, len, "%s", env);
+        return;
+    }
+    char exe[4096];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    exe[n > 0 ? n : 0] = '\0';
+    (void)argv0;
+    char cand[3][4200];
+    snprintf(cand[0], sizeof cand[0], "web");
+    char *slash = strrchr(exe, '/');
+    if (slash)
+        *slash = '\0';
+    snprintf(cand[1], sizeof cand[1], "%s/../web", exe);
+    snprintf(cand[2], sizeof cand[2], "/usr/share/resnetd/web");
+    for (int i = 0; i < 3; i++) {
+        char index[4300];
+        if (snprintf(index, sizeof index, "%s/index.html", cand[i]) < (int)sizeof index &&
+            access(index, R_OK) == 0 && snprintf(out, len, "%s", cand[i]) < (int)len)
+            return;
+    }
+    snprintf(out, len, "web");
+}
+
+extern char **environ;
+
+static int cmd_serve(int argc, char **argv, const char *argv0)
+{
+    Config cfg;
+    Error err;
+    if (config_load(&cfg, argc, argv, environ, &err)) {
+        fprintf(stderr, "resnetd serve: %s\n", err.msg);
+        return 2;
+    }
+    if (config_find_flag(argc, argv, "--print-config", NULL) == 1) {
+        config_print(&cfg, stdout);
+        return 0;
+    }
+    log_set_level(cfg.log_level);
+    blas_set_threads(cfg.threads);
+    char db[4200], datasets[4200], jobs[4200], web[4200];
+    snprintf(db, sizeof db, "%s/resnetd.db", cfg.data_dir);
+    snprintf(datasets, sizeof datasets, "%s/datasets", cfg.data_dir);
+    snprintf(jobs, sizeof jobs, "%s/jobs", cfg.data_dir);
+    if (ensure_dir(cfg.data_dir, &err) || ensure_dir(datasets, &err) || ensure_dir(jobs, &err) ||
+        ensure_dir(cfg.weights_dir, &err)) {
+        fprintf(stderr, "resnetd serve: %s\n", err.msg);
+        return 1;
+    }
+    find_web_dir(argv0, web, sizeof web);
+    Store *st;
+    if (store_open(&st, db, &err)) { /* creates or migrates the schema, once */
+        fprintf(stderr, "resnetd serve: %s\n", err.msg);
+        return 1;
+    }
+    json_t *running = store_query(st, "SELECT id FROM jobs WHERE state = 'running'", 0, 0, &err);
+    size_t i;
+    json_t *row;
+    json_array_foreach(running, i, row)
+        log_msg(LOG_LEVEL_INFO, "job %lld was running when the daemon stopped: it resumes from "
+                "its last checkpoint", (long long)json_integer_value(json_object_get(row, "id")));
+    json_decref(running);
+    store_close(st);
+
+    /* SIGINT and SIGTERM are taken by sigwait below, in this thread only */
+    sigset_t sigs;
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    EventHub *events = events_create();
+    Worker *worker = NULL;
+    WorkerConfig wc = {db, cfg.data_dir, cfg.weights_dir, cfg.cache_bytes, cfg.max_pixels,
+                       events};
+    if (!events || worker_start(&worker, &wc, &err)) {
+        fprintf(stderr, "resnetd serve: %s\n", events ? err.msg : "out of memory");
+        events_free(events);
+        return 1;
+    }
+    ApiConfig ac = {cfg.listen_host, cfg.listen_port, db, cfg.data_dir, cfg.data_root,
+                    cfg.weights_dir, web, cfg.token, cfg.body_limit, cfg.upload_limit,
+                    cfg.cache_bytes, cfg.max_pixels, cfg.max_jobs_queued, cfg.threads, worker,
+                    events};
+    Api *api;
+    if (api_start(&api, &ac, &err)) {
+        fprintf(stderr, "resnetd serve: %s\n", err.msg);
+        worker_stop(worker);
+        events_free(events);
+        return 1;
+    }
+    log_msg(LOG_LEVEL_INFO, "resnetd %s listening on http://%s:%d/ (data in %s, %s kernel, %d "
+            "threads%s)", RESNETD_VERSION, cfg.listen_host, api_port(api), cfg.data_dir,
+            blas_kernel_name(), blas_threads(), cfg.token[0] ? ", token required" : "");
+    int sig = 0;
+    sigwait(&sigs, &sig);
+    log_msg(LOG_LEVEL_INFO, "%s: stopping (the running batch finishes and is checkpointed)",
+            sig == SIGINT ? "SIGINT" : "SIGTERM");
+    api_quiesce(api);
+    worker_stop(worker);
+    events_close(events);
+    api_stop(api);
+    events_free(events);
+    log_msg(LOG_LEVEL_INFO, "stopped");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     Error err;
@@ -448,6 +590,8 @@ int main(int argc, char **argv)
         return cmd_inspect(argc - 2, argv + 2);
     if (!strcmp(cmd, "train"))
         return cmd_train(argc - 2, argv + 2);
+    if (!strcmp(cmd, "serve"))
+        return cmd_serve(argc - 2, argv + 2, argv[0]);
     if (!strcmp(cmd, "predict"))
         return cmd_predict(argc - 2, argv + 2);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h"))

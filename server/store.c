@@ -190,6 +190,29 @@ int store_open(Store **out, const char *path, Error *err)
     return 0;
 }
 
+int store_connect(Store **out, const char *path, Error *err)
+{
+    *out = NULL;
+    Store *s = calloc(1, sizeof *s);
+    if (!s)
+        return error_set(err, "out of memory");
+    snprintf(s->path, sizeof s->path, "%s", path);
+    if (sqlite3_open_v2(path, &s->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
+        SQLITE_OK) {
+        error_set(err, "cannot open database %s: %s", path,
+                  s->db ? sqlite3_errmsg(s->db) : "out of memory");
+        store_close(s);
+        return -1;
+    }
+    sqlite3_busy_timeout(s->db, 10000);
+    if (exec(s, "PRAGMA foreign_keys = ON", err)) {
+        store_close(s);
+        return -1;
+    }
+    *out = s;
+    return 0;
+}
+
 void store_close(Store *s)
 {
     if (!s)
@@ -222,6 +245,19 @@ static int run(Store *s, sqlite3_stmt *st, Error *err)
         error_set(err, "database %s: %s", s->path, sqlite3_errmsg(s->db));
     sqlite3_finalize(st);
     return rc == SQLITE_DONE ? 0 : -1;
+}
+
+double store_float(float f)
+{
+    if (!isfinite(f))
+        return f;
+    char buf[32];
+    for (int digits = 6; digits <= 9; digits++) {
+        snprintf(buf, sizeof buf, "%.*g", digits, (double)f);
+        if (strtof(buf, NULL) == f)
+            break;
+    }
+    return strtod(buf, NULL);
 }
 
 /* NaN and infinities are stored as NULL. */
@@ -344,7 +380,7 @@ static int put_epoch_row(Store *s, int64_t job, const EpochReport *r, Error *err
     sqlite3_bind_int(st, i++, r->phase);
     sqlite3_bind_text(st, i++, r->phase_name, -1, SQLITE_TRANSIENT);
     sqlite3_bind_int(st, i++, r->phase_epoch);
-    bind_real(st, i++, r->lr);
+    bind_real(st, i++, store_float(r->lr));
     bind_real(st, i++, r->train_loss);
     bind_real(st, i++, r->train_accuracy);
     bind_real(st, i++, r->val_loss);
@@ -436,23 +472,26 @@ int store_step_put(Store *s, int64_t job, int epoch, int step, int steps, double
     sqlite3_bind_int(st, 3, step);
     sqlite3_bind_int(st, 4, steps);
     bind_real(st, 5, loss);
-    bind_real(st, 6, lr);
+    bind_real(st, 6, store_float(lr));
     return run(s, st, err);
 }
 
-int store_job_trim(Store *s, int64_t job, int from_epoch, Error *err)
+int store_job_trim(Store *s, int64_t job, int from_epoch, int from_step, Error *err)
 {
     if (exec(s, "BEGIN IMMEDIATE", err))
         return -1;
-    static const char *const tables[3] = {"epochs", "class_metrics", "steps"};
+    static const char *const sql[3] = {
+        "DELETE FROM epochs WHERE job_id = ?1 AND epoch >= ?2",
+        "DELETE FROM class_metrics WHERE job_id = ?1 AND epoch >= ?2",
+        "DELETE FROM steps WHERE job_id = ?1 AND (epoch > ?2 OR (epoch = ?2 AND step >= ?3))"};
     for (int t = 0; t < 3; t++) {
-        char sql[128];
-        snprintf(sql, sizeof sql, "DELETE FROM %s WHERE job_id = ? AND epoch >= ?", tables[t]);
-        sqlite3_stmt *st = prepare(s, sql, err);
+        sqlite3_stmt *st = prepare(s, sql[t], err);
         if (!st)
             goto fail;
         sqlite3_bind_int64(st, 1, job);
         sqlite3_bind_int(st, 2, from_epoch);
+        if (t == 2)
+            sqlite3_bind_int(st, 3, from_step);
         if (run(s, st, err))
             goto fail;
     }
@@ -462,4 +501,157 @@ int store_job_trim(Store *s, int64_t job, int from_epoch, Error *err)
 fail:
     sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
     return -1;
+}
+
+/* ---- reads ---------------------------------------------------------------- */
+
+static int is_json_column(const char *name)
+{
+    static const char *const cols[] = {"spec", "classes", "info", "report", "grad_norm",
+                                       "weight_change", "predicted", "confusion", "evidence"};
+    for (size_t i = 0; i < sizeof cols / sizeof *cols; i++)
+        if (!strcmp(name, cols[i]))
+            return 1;
+    return 0;
+}
+
+static int is_bool_column(const char *name)
+{
+    return !strcmp(name, "best") || !strcmp(name, "cached") || !strcmp(name, "cancel_requested");
+}
+
+static json_t *column_json(sqlite3_stmt *st, int i)
+{
+    const char *name = sqlite3_column_name(st, i);
+    switch (sqlite3_column_type(st, i)) {
+    case SQLITE_NULL:
+        return json_null();
+    case SQLITE_INTEGER:
+        if (is_bool_column(name))
+            return json_boolean(sqlite3_column_int64(st, i) != 0);
+        return json_integer(sqlite3_column_int64(st, i));
+    case SQLITE_FLOAT:
+        return json_real(sqlite3_column_double(st, i));
+    default: {
+        const char *text = (const char *)sqlite3_column_text(st, i);
+        if (is_json_column(name)) {
+            json_t *v = json_loads(text, JSON_DECODE_ANY, NULL);
+            if (v)
+                return v;
+        }
+        return json_string(text ? text : "");
+    }
+    }
+}
+
+json_t *store_query(Store *s, const char *sql, int64_t a, int64_t b, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, sql, err);
+    if (!st)
+        return NULL;
+    int params = sqlite3_bind_parameter_count(st);
+    if (params >= 1)
+        sqlite3_bind_int64(st, 1, a);
+    if (params >= 2)
+        sqlite3_bind_int64(st, 2, b);
+    json_t *rows = json_array();
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        json_t *row = json_object();
+        for (int i = 0; i < sqlite3_column_count(st); i++)
+            json_object_set_new(row, sqlite3_column_name(st, i), column_json(st, i));
+        json_array_append_new(rows, row);
+    }
+    if (rc != SQLITE_DONE) {
+        db_error(s, err, "query");
+        json_decref(rows);
+        rows = NULL;
+    }
+    sqlite3_finalize(st);
+    return rows;
+}
+
+json_t *store_query_one(Store *s, const char *sql, int64_t a, int64_t b, int *missing,
+                        Error *err)
+{
+    *missing = 0;
+    json_t *rows = store_query(s, sql, a, b, err);
+    if (!rows)
+        return NULL;
+    json_t *row = json_array_get(rows, 0);
+    if (row)
+        json_incref(row);
+    else {
+        *missing = 1;
+        error_set(err, "not found");
+    }
+    json_decref(rows);
+    return row;
+}
+
+/* Runs an UPDATE/DELETE with ?1 = id; the number of rows changed, or -1. */
+static int change(Store *s, const char *sql, int64_t id, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, sql, err);
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_double(st, 2, now_unix());
+    if (run(s, st, err))
+        return -1;
+    return sqlite3_changes(s->db);
+}
+
+int store_job_cancel_queued(Store *s, int64_t id, Error *err)
+{
+    return change(s, "UPDATE jobs SET state = 'cancelled', finished = ?2"
+                     " WHERE id = ?1 AND state = 'queued'", id, err);
+}
+
+int store_job_claim(Store *s, int64_t id, Error *err)
+{
+    return change(s, "UPDATE jobs SET state = 'running', started = coalesce(started, ?2)"
+                     " WHERE id = ?1 AND state = 'queued'", id, err);
+}
+
+int store_job_next(Store *s, int64_t *id, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, "SELECT id FROM jobs WHERE state IN ('running', 'queued')"
+                                  " ORDER BY state = 'running' DESC, id LIMIT 1", err);
+    if (!st)
+        return -1;
+    int rc = sqlite3_step(st), found = rc == SQLITE_ROW;
+    if (found)
+        *id = sqlite3_column_int64(st, 0);
+    else if (rc != SQLITE_DONE)
+        db_error(s, err, "next job");
+    sqlite3_finalize(st);
+    return found ? 1 : rc == SQLITE_DONE ? 0 : -1;
+}
+
+int store_dataset_insert(Store *s, const char *name, const char *path, const char *source,
+                         const char *report_json, int64_t *id, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, "INSERT INTO datasets (name, path, source, created, report)"
+                                  " VALUES (?, ?, ?, ?, ?)", err);
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 2, path, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 3, source, -1, SQLITE_STATIC);
+    sqlite3_bind_double(st, 4, now_unix());
+    sqlite3_bind_text(st, 5, report_json, -1, SQLITE_TRANSIENT);
+    if (run(s, st, err))
+        return -1;
+    *id = sqlite3_last_insert_rowid(s->db);
+    return 0;
+}
+
+int store_dataset_delete(Store *s, int64_t id, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, "DELETE FROM datasets WHERE id = ?", err);
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, id);
+    return run(s, st, err);
 }

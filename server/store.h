@@ -27,6 +27,8 @@
 
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "error.h"
 #include "train.h"
 
@@ -37,6 +39,11 @@ typedef struct Store Store;
 /* Opens (creating when missing) the database at path. */
 int store_open(Store **out, const char *path, Error *err);
 void store_close(Store *s);
+
+/* Another connection to a database that store_open has created or migrated
+ * (the daemon's HTTP threads): no schema work, so connecting never waits for
+ * the writer. */
+int store_connect(Store **out, const char *path, Error *err);
 
 /* Job states. */
 #define JOB_QUEUED "queued"
@@ -70,9 +77,49 @@ int store_epoch_put(Store *s, int64_t job, const EpochReport *r, char *const *cl
 int store_step_put(Store *s, int64_t job, int epoch, int step, int steps, double loss,
                    float lr, Error *err);
 
-/* Removes epoch, class and step rows of epochs >= from_epoch (before a resume
- * from a checkpoint taken after epoch from_epoch - 1). */
-int store_job_trim(Store *s, int64_t job, int from_epoch, Error *err);
+/* Before a resume from a checkpoint: removes the epoch and class rows of
+ * epochs >= from_epoch, and the step rows from (from_epoch, from_step) on. */
+int store_job_trim(Store *s, int64_t job, int from_epoch, int from_step, Error *err);
+
+/* ---- reads and daemon bookkeeping (jansson values, owned by the caller) ---- */
+
+/* Runs sql with ?1 = a and ?2 = b (when the statement has them) and returns
+ * the rows as an array of objects keyed by column name. Columns holding JSON
+ * text (spec, classes, info, report, grad_norm, weight_change, predicted,
+ * confusion, evidence) are parsed; best, cached and cancel_requested become
+ * booleans. NULL on error. */
+json_t *store_query(Store *s, const char *sql, int64_t a, int64_t b, Error *err);
+
+/* The first row of store_query, or NULL with err "not found" (*missing = 1)
+ * or a database error (*missing = 0). */
+json_t *store_query_one(Store *s, const char *sql, int64_t a, int64_t b, int *missing,
+                        Error *err);
+
+/* The columns of an epoch as the API shows it (GET /api/jobs/ID/metrics and the
+ * "epoch" event); append "WHERE ..." to use. */
+#define STORE_EPOCH_SELECT                                                                   \
+    "SELECT epoch, phase, phase_name, phase_epoch, lr, train_loss, train_acc, val_loss,"     \
+    " val_acc, val_balanced_acc, seconds, images_per_second, best, cached, grad_norm,"       \
+    " weight_change, predicted FROM epochs "
+
+/* queued -> cancelled when still queued: 1 done, 0 not queued, -1 error. */
+int store_job_cancel_queued(Store *s, int64_t id, Error *err);
+
+/* queued -> running (the worker claims it): 1 claimed, 0 not queued, -1 error. */
+int store_job_claim(Store *s, int64_t id, Error *err);
+
+/* The next job to run: a job left running by a previous daemon (resumed
+ * first), else the oldest queued one. 1 with *id, 0 none, -1 error. */
+int store_job_next(Store *s, int64_t *id, Error *err);
+
+/* A registered dataset. */
+int store_dataset_insert(Store *s, const char *name, const char *path, const char *source,
+                         const char *report_json, int64_t *id, Error *err);
+int store_dataset_delete(Store *s, int64_t id, Error *err);
+
+/* The shortest decimal that reads back as f, as a double: a learning rate of
+ * 0.001f is stored and shown as 0.001, not 0.0010000000474974513. */
+double store_float(float f);
 
 /* For tests and tools: the raw connection (sqlite3 *). */
 void *store_db(Store *s);

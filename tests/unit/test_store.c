@@ -166,9 +166,13 @@ static void test_job_epochs_steps(void **state)
     assert_true(query_real(s, "SELECT recall FROM class_metrics WHERE class = 1 AND epoch = 2")
                 == 0.25);
     assert_true(query_real(s, "SELECT loss FROM steps WHERE epoch = 1 AND step = 3") == 0.25);
+    /* learning rates are stored as the decimal they were written as */
+    assert_true(query_real(s, "SELECT lr FROM steps WHERE epoch = 1 AND step = 3") == 0.01);
+    assert_true(query_real(s, "SELECT lr FROM epochs WHERE epoch = 1") == 0.001);
+    assert_true(store_float(0.1f) == 0.1 && store_float(3e-5f) == 3e-5);
 
     /* a resume from the checkpoint after epoch 1 trims epoch 2 and rewrites it */
-    assert_int_equal(store_job_trim(s, id, 2, &err), 0);
+    assert_int_equal(store_job_trim(s, id, 2, 0, &err), 0);
     assert_int_equal(query_int(s, "SELECT count(*) FROM epochs"), 2);
     assert_int_equal(query_int(s, "SELECT epochs_done FROM jobs"), 2);
     assert_int_equal(query_int(s, "SELECT count(*) FROM steps WHERE epoch = 2"), 0);
