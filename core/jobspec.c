@@ -381,7 +381,7 @@ static int parse_root(Ctx *c, json_t *root, JobSpec *s)
     static const char *const keys[] = {
         "name", "dataset", "weights", "input_size", "batch_size", "seed", "preprocess",
         "preprocess_override", "resize", "augment", "head", "class_weight", "label_smoothing",
-        "val_fraction", "phases", "early_stopping", NULL};
+        "val_fraction", "phases", "early_stopping", "preflight", NULL};
     static const char *const resize[] = {"squash", "crop", NULL};
     if (!json_is_object(root))
         return fail(c, "", "the job must be a JSON object");
@@ -516,6 +516,18 @@ static int parse_root(Ctx *c, json_t *root, JobSpec *s)
         if (get_num(c, es, "early_stopping", "min_delta", 0, 0, INFINITY, 0, 0, &d)) return -1;
         s->es_min_delta = d;
         if (get_bool(c, es, "early_stopping", "restore_best", &s->es_restore_best)) return -1;
+    }
+    s->overfit_steps = 50;
+    json_t *pf = json_object_get(root, "preflight");
+    if (pf) {
+        static const char *const pkeys[] = {"overfit_batch", "steps", NULL};
+        if (!json_is_object(pf))
+            return fail(c, "preflight", "must be an object like {\"overfit_batch\": true}");
+        if (check_keys(c, pf, "preflight", pkeys)) return -1;
+        if (get_bool(c, pf, "preflight", "overfit_batch", &s->overfit_batch)) return -1;
+        n = 50;
+        if (get_int(c, pf, "preflight", "steps", 1, 10000, 0, &n)) return -1;
+        s->overfit_steps = (int)n;
     }
     return 0;
 }

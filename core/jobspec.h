@@ -71,6 +71,8 @@ typedef struct {
     int es_patience;            /* default 3 */
     double es_min_delta;        /* default 0 */
     int es_restore_best;        /* default 1 */
+    int overfit_batch;          /* preflight.overfit_batch: the one-batch overfit check */
+    int overfit_steps;          /* preflight.steps, default 50 */
 } JobSpec;
 
 /* Parses and validates json[0..len). On failure returns -1, err says why and

@@ -122,10 +122,19 @@ static int class_weights(const JobSpec *s, const Dataset *ds, float **out, Error
 /* Builds the model: seeded random init, then the backbone from the weights file
  * (the head is always new: its classes are the dataset's). Resolves the
  * normalisation against what the weights declare. */
+/* What the weights file said, for the preflight. */
+typedef struct {
+    char declared[16];   /* the preprocessing the weights declare ("" for random) */
+    int overridden;
+    int has_head, head_classes, head_hidden;
+    ResnetVariant variant;
+} WeightsFacts;
+
 static int build_model(const JobSpec *s, int n_classes, Resnet **out, Normalization *norm,
-                       Error *err)
+                       WeightsFacts *facts, Error *err)
 {
     WeightsInfo info = {0};
+    memset(facts, 0, sizeof *facts);
     int random = !strcmp(s->weights, "random");
     if (!random && weights_probe(s->weights, &info, err))
         return -1;
@@ -147,6 +156,14 @@ static int build_model(const JobSpec *s, int n_classes, Resnet **out, Normalizat
         weights_info_free(&info);
         return -1;
     }
+    if (!random) {
+        snprintf(facts->declared, sizeof facts->declared, "%s", info.preprocess);
+        facts->has_head = info.has_head;
+        facts->head_classes = info.head_classes;
+        facts->head_hidden = info.head_hidden;
+        facts->variant = info.variant;
+    }
+    facts->overridden = overridden;
     if (resnet_create(out, &cfg, err)) {
         weights_info_free(&info);
         return -1;
@@ -601,6 +618,150 @@ static void checkpoint_restore_phase(const Checkpoint *ck, Optimizer *o, LrSched
     sched->epochs_done = ck->sched.epochs_done;
 }
 
+/* ---- diagnosis inputs ------------------------------------------------------ */
+
+/* The weights' own head on the preflight batch: share of its most predicted class. */
+static void head_on_batch(const JobSpec *s, const WeightsFacts *f, const float *x, int n,
+                          PreflightInput *pin)
+{
+    pin->head_top_share = -1;
+    if (!f->has_head || f->head_classes < 2)
+        return;
+    ResnetConfig cfg = {f->variant, f->head_classes, f->head_hidden, 0.0f};
+    Resnet *h = NULL;
+    Error err;
+    int *count = calloc((size_t)f->head_classes, sizeof *count);
+    if (count && !resnet_create(&h, &cfg, &err) && !weights_load(h, s->weights, 1, &err) &&
+        !resnet_plan_inference(h, n, s->input_size, &err)) {
+        resnet_forward(h, x, n, 0);
+        int top = 0;
+        for (int i = 0; i < n; i++) {
+            const float *z = h->logits + (size_t)i * f->head_classes;
+            int arg = 0;
+            for (int c = 1; c < f->head_classes; c++)
+                if (z[c] > z[arg]) arg = c;
+            if (++count[arg] > count[top]) top = arg;
+        }
+        pin->head_top_class = top;
+        pin->head_top_share = (double)count[top] / n;
+        pin->head_classes = f->head_classes;
+        pin->head_sample = n;
+    }
+    free(count);
+    resnet_free(h);
+}
+
+/* The one-batch overfit check: trains phase 0's selection on one batch for
+ * s->overfit_steps steps, measures the batch's accuracy in inference mode, and
+ * puts every parameter (and the dropout generator) back. */
+static double overfit_batch(const JobSpec *s, Resnet *m, const float *x, const int *labels,
+                            int n, Error *err)
+{
+    float *saved = malloc(m->n_floats * sizeof(float));
+    if (!saved) {
+        error_set(err, "out of memory");
+        return -2;
+    }
+    memcpy(saved, m->param_data, m->n_floats * sizeof(float));
+    Rng rng = m->dropout_rng;
+    double acc = -2;
+    Optimizer o;
+    if (!select_trainable(m, s->phases[0].train, s->phases[0].bn_train, NULL, err) &&
+        !optim_init(&o, &s->phases[0].optimizer, m, err)) {
+        for (int i = 0; i < s->overfit_steps; i++) {
+            resnet_zero_grad(m);
+            resnet_forward(m, x, n, 1);
+            resnet_loss(m, labels, NULL, 0.0f);
+            resnet_backward(m);
+            optim_step(&o, m, s->phases[0].optimizer.lr);
+        }
+        optim_free(&o);
+        resnet_forward(m, x, n, 0);
+        int correct = 0;
+        for (int i = 0; i < n; i++) {
+            const float *z = m->logits + (size_t)i * m->cfg.num_classes;
+            int arg = 0;
+            for (int c = 1; c < m->cfg.num_classes; c++)
+                if (z[c] > z[arg]) arg = c;
+            correct += arg == labels[i];
+        }
+        acc = (double)correct / n;
+    }
+    memcpy(m->param_data, saved, m->n_floats * sizeof(float));
+    m->dropout_rng = rng;
+    free(saved);
+    return acc;
+}
+
+/* Dataset and preflight findings, from the first training batch. */
+static int preflight(const JobSpec *s, Resnet *m, const Dataset *ds, const Preprocess *p,
+                     const WeightsFacts *f, Loader *train, const TrainCallbacks *cb, Error *err)
+{
+    DiagSink sink = cb ? cb->on_finding : NULL;
+    void *ctx = cb ? cb->ctx : NULL;
+    diag_dataset(ds, sink, ctx);
+    Batch b;
+    if (loader_start_epoch(train, 0, err))
+        return -1;
+    int rc = loader_next(train, &b, err);
+    if (rc < 0)
+        return -1;
+    PreflightInput pin;
+    memset(&pin, 0, sizeof pin);
+    pin.ds = ds;
+    pin.p = p;
+    pin.declared = f->declared;
+    pin.overridden = f->overridden;
+    pin.batch_size = s->batch_size;
+    pin.class_weighting = s->class_weight != CLASS_WEIGHT_NONE;
+    pin.head_top_share = -1;
+    pin.overfit_accuracy = -1;
+    InputStats st;
+    input_stats_reset(&st);
+    if (rc == 1) {
+        size_t floats = (size_t)b.n * s->input_size * s->input_size * 3;
+        float *x = malloc(floats * sizeof(float));
+        int *labels = malloc((size_t)b.n * sizeof(int));
+        if (!x || !labels) {
+            free(x);
+            free(labels);
+            return error_set(err, "out of memory");
+        }
+        memcpy(x, b.x, floats * sizeof(float));
+        memcpy(labels, b.labels, (size_t)b.n * sizeof(int));
+        int n = b.n;
+        input_stats_add(&st, x, (int64_t)n * s->input_size * s->input_size);
+        pin.inputs = &st;
+        head_on_batch(s, f, x, n, &pin);
+        if (s->overfit_batch) {
+            pin.overfit_accuracy = overfit_batch(s, m, x, labels, n, err);
+            pin.overfit_steps = s->overfit_steps;
+            pin.overfit_batch = n;
+        }
+        free(x);
+        free(labels);
+        if (pin.overfit_accuracy < -1)
+            return -1;
+    }
+    diag_preflight(&pin, sink, ctx);
+    return 0;
+}
+
+/* Loss of one batch with BN in train mode and in inference mode, leaving the
+ * model as it was (the train-mode forward would move the running statistics). */
+static void bn_gap(Resnet *m, const float *x, const int *labels, int n, const float *cw,
+                   float *scratch, double *train_loss, double *infer_loss)
+{
+    memcpy(scratch, m->param_data, m->n_floats * sizeof(float));
+    Rng rng = m->dropout_rng;
+    resnet_forward(m, x, n, 1);
+    *train_loss = resnet_loss(m, labels, cw, 0.0f);
+    memcpy(m->param_data, scratch, m->n_floats * sizeof(float));
+    m->dropout_rng = rng;
+    resnet_forward(m, x, n, 0);
+    *infer_loss = resnet_loss(m, labels, cw, 0.0f);
+}
+
 int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *cb,
               TrainResult *res, Error *err)
 {
@@ -612,7 +773,11 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
     EpochMetrics em = {0};
     Checkpoint ck;
     ActCache cache;
+    Diagnosis diag;
+    float *bn_x = NULL, *bn_scratch = NULL;
+    int *bn_labels = NULL, bn_n = 0;
     int rc = -1;
+    diag_init(&diag, 1, 0, 0);
     memset(&ck, 0, sizeof ck);
     memset(&cache, 0, sizeof cache);
     cache.unit = -1;
@@ -633,7 +798,8 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
     p.size = s->input_size;
     p.resize = s->resize;
     p.augment = s->augment;
-    if (build_model(s, ds.n_classes, &m, &p.norm, err))
+    WeightsFacts facts;
+    if (build_model(s, ds.n_classes, &m, &p.norm, &facts, err))
         goto done;
     if (class_weights(s, &ds, &cw, err))
         goto done;
@@ -673,6 +839,17 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
     int epoch = resumed ? ck.epoch_next : 0;
     if (cb && cb->on_start)
         cb->on_start(cb->ctx, &ds, &p, epoch, resumed ? ck.step_next : 0);
+    diag_free(&diag);
+    diag_init(&diag, ds.n_classes, s->class_weight != CLASS_WEIGHT_NONE,
+              ds.report.imbalance[SPLIT_TRAIN]);
+    if (!resumed && preflight(s, m, &ds, &p, &facts, train, cb, err))
+        goto done;
+    bn_x = malloc((size_t)s->batch_size * s->input_size * s->input_size * 3 * sizeof(float));
+    bn_labels = malloc((size_t)s->batch_size * sizeof(int));
+    if (!bn_x || !bn_labels) {
+        error_set(err, "out of memory");
+        goto done;
+    }
     for (int pi = resumed ? ck.phase : 0; pi < s->n_phases && !res->cancelled; pi++) {
         const PhaseSpec *ph = &s->phases[pi];
         const int resuming = resumed && pi == ck.phase;
@@ -691,6 +868,13 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             error_wrap(err, "%s", where);
             goto done;
         }
+        int bn_train_layers = 0;
+        for (int i = 0; i < m->n_layers; i++)
+            bn_train_layers += m->layers[i].kind == LAYER_BN && m->layers[i].batch_stats;
+        bn_n = 0;
+        if (!(resuming && (ck.phase_epoch_next > 0 || ck.step_next > 0)))
+            diag_phase(pi, ph->name, bn_train_layers, s->batch_size, epoch,
+                       cb ? cb->on_finding : NULL, cb ? cb->ctx : NULL);
         if (cb && cb->on_phase) {
             char desc[320];
             select_describe(m, desc, sizeof desc);
@@ -769,6 +953,12 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
                     nb = b.n;
                     labels = b.labels;
                     resnet_zero_grad(m);
+                    if (bn_train_layers && !bn_n) { /* the phase's fixed batch for the BN check */
+                        memcpy(bn_x, b.x, (size_t)b.n * s->input_size * s->input_size * 3 *
+                                              sizeof(float));
+                        memcpy(bn_labels, b.labels, (size_t)b.n * sizeof(int));
+                        bn_n = b.n;
+                    }
                     resnet_forward(m, b.x, b.n, 1);
                     r.full_forwards += b.n;
                     act_cache_capture(&cache, m, &ds, b.items, b.n);
@@ -859,6 +1049,40 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             stopped = s->early_stopping && bad_epochs >= s->es_patience;
             if (cb && cb->on_epoch)
                 cb->on_epoch(cb->ctx, &r);
+            if (cb && cb->on_finding) {
+                EpochSummary es;
+                memset(&es, 0, sizeof es);
+                es.epoch = epoch;
+                es.phase = pi;
+                es.phase_epoch = pe;
+                es.train_loss = r.train_loss;
+                es.train_acc = r.train_accuracy;
+                es.val_loss = r.val_loss;
+                es.val_acc = r.val_accuracy;
+                es.val_balanced_acc = r.val_balanced_accuracy;
+                memcpy(es.weight_change, r.weight_change, sizeof es.weight_change);
+                for (int i = 0; i < m->n_layers; i++)
+                    if (m->layers[i].trainable)
+                        es.trainable[layer_stage(m, i)] = 1;
+                int64_t tot = em.total > 0 ? em.total : 1, top = 0, maj = 0;
+                for (int c = 0; c < em.k; c++) {
+                    if (em.predicted[c] > em.predicted[top]) top = c;
+                    if (em.support[c] > em.support[maj]) maj = c;
+                }
+                es.top_pred_class = (int)top;
+                es.top_pred_share = em.k ? (double)em.predicted[top] / tot : 0;
+                es.top_pred_support_share = em.k ? (double)em.support[top] / tot : 0;
+                es.majority_share = em.k ? (double)em.support[maj] / tot : 0;
+                es.bn_train_loss = es.bn_infer_loss = NAN;
+                if (bn_train_layers && bn_n) {
+                    if (!bn_scratch)
+                        bn_scratch = malloc(m->n_floats * sizeof(float));
+                    if (bn_scratch)
+                        bn_gap(m, bn_x, bn_labels, bn_n, cw, bn_scratch, &es.bn_train_loss,
+                               &es.bn_infer_loss);
+                }
+                diag_epoch(&diag, &es, cb->on_finding, cb->ctx);
+            }
             if (opt && opt->checkpoint_path) {
                 Checkpoint now;
                 memset(&now, 0, sizeof now);
@@ -887,6 +1111,10 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
         cb->on_done(cb->ctx, m, &ds, &p);
     rc = 0;
 done:
+    diag_free(&diag);
+    free(bn_x);
+    free(bn_labels);
+    free(bn_scratch);
     checkpoint_free(&ck);
     act_cache_free(&cache);
     metrics_free(&em);

@@ -21,6 +21,7 @@
 #define RESNETD_TRAIN_H
 
 #include "dataset.h"
+#include "diagnose.h"
 #include "error.h"
 #include "jobspec.h"
 #include "metrics.h"
@@ -76,6 +77,10 @@ typedef struct {
      * (0 and 0, or where a resumed checkpoint left off) */
     void (*on_start)(void *ctx, const Dataset *ds, const Preprocess *p, int first_epoch,
                      int first_step);
+    /* a diagnosis finding (diagnose.h): dataset and preflight findings before the
+     * first epoch (not again when resuming), phase findings at a phase's start,
+     * epoch findings right after that epoch's on_epoch */
+    void (*on_finding)(void *ctx, const Finding *f);
 } TrainCallbacks;
 
 typedef struct {

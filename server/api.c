@@ -30,6 +30,7 @@
 
 #include "blas.h"
 #include "dataset.h"
+#include "diagnose.h"
 #include "image.h"
 #include "jobspec.h"
 #include "log.h"
@@ -303,6 +304,15 @@ static int is_image_type(const char *t)
 
 /* ---- JSON views --------------------------------------------------------- */
 
+static void collect_finding(void *ctx, const Finding *f)
+{
+    json_t *v = json_loads(f->evidence, 0, NULL);
+    json_array_append_new(ctx, json_pack("{s:s, s:s, s:s, s:o, s:s}", "code", f->code,
+                                         "severity", diag_severity_name(f->severity), "message",
+                                         f->message, "evidence", v ? v : json_object(), "fix",
+                                         f->fix));
+}
+
 static json_t *dataset_report_json(const Dataset *ds)
 {
     const DatasetReport *r = &ds->report;
@@ -328,15 +338,17 @@ static json_t *dataset_report_json(const Dataset *ds)
                             isfinite(r->imbalance[s]) ? json_real(r->imbalance[s]) : json_null());
         json_object_set_new(totals, split_names[s], json_integer(r->total[s]));
     }
+    json_t *findings = json_array();
+    diag_dataset(ds, collect_finding, findings);
     return json_pack("{s:s, s:s, s:o, s:o, s:i, s:o, s:o, s:{s:[i,i,i], s:[i,i,i]}, s:i, s:i,"
-                     " s:i, s:i, s:o, s:{s:o, s:o}}",
+                     " s:i, s:i, s:o, s:{s:o, s:o}, s:o}",
                      "root", ds->root, "layout", ds->split_layout ? "train_val" : "class_folders",
                      "classes", classes, "counts", counts, "images", ds->n_items, "totals", totals,
                      "imbalance", imbalance, "sizes", "width", r->width_min, r->width_median,
                      r->width_max, "height", r->height_min, r->height_median, r->height_max,
                      "gray", r->n_gray, "alpha", r->n_alpha, "cross_split_duplicates",
                      r->n_cross_duplicates, "problem_count", r->n_problems, "problems", problems,
-                     "channels", "mean", mean, "std", std);
+                     "channels", "mean", mean, "std", std, "findings", findings);
 }
 
 /* The job as the API shows it; NULL (and *missing) when there is none. */
@@ -900,8 +912,8 @@ static enum MHD_Result get_job_rows(struct MHD_Connection *c, Req *q, int64_t id
                             json_object_get(conf, "confusion"));
         json_decref(conf);
     } else { /* diagnosis */
-        json_t *rows = store_query(st, "SELECT code, severity, epoch, title, evidence, fix FROM"
-                                       " findings WHERE job_id = ?1 ORDER BY rowid", id, 0, &err);
+        json_t *rows = store_query(st, STORE_FINDING_SELECT "WHERE job_id = ?1 ORDER BY rowid",
+                                   id, 0, &err);
         if (rows)
             out = json_pack("{s:I, s:o}", "job", (json_int_t)id, "findings", rows);
     }

@@ -218,6 +218,20 @@ static void train_on_epoch(void *ctx, const EpochReport *r)
     p->epoch_t0 = now_seconds();
 }
 
+static void train_on_finding(void *ctx, const Finding *f)
+{
+    Progress *p = ctx;
+    Error err;
+    if (p->tty)
+        fprintf(stderr, "\r%100s\r", "");
+    printf("finding %s [%s]%s: %s\n  evidence: %s\n  fix: %s\n", f->code,
+           diag_severity_name(f->severity), f->epoch >= 0 ? "" : " (before training)",
+           f->message, f->evidence, f->fix);
+    fflush(stdout);
+    if (p->store && !p->store_failed && store_finding_put(p->store, p->job, f, &err))
+        store_failure(p, &err);
+}
+
 /* With --resume: the latest unfinished job of the same spec text, else a new one. */
 static int db_job(Store *st, const char *spec_text, const JobSpec *spec, int resume, int64_t *id,
                   Error *err)
@@ -329,7 +343,7 @@ static int cmd_train(int argc, char **argv)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
     TrainCallbacks cb = {&prog, train_on_phase, train_on_step, train_on_epoch, &cancel_flag,
-                         train_on_done, train_on_start};
+                         train_on_done, train_on_start, train_on_finding};
     TrainResult res;
     int rc = train_run(&spec, &topt, &cb, &res, &err);
     jobspec_free(&spec);

@@ -78,7 +78,7 @@ static const char *const MIGRATIONS[STORE_SCHEMA_VERSION] = {
     "  code TEXT NOT NULL,"
     "  severity TEXT NOT NULL,"
     "  epoch INTEGER,"
-    "  title TEXT NOT NULL,"
+    "  message TEXT NOT NULL,"
     "  evidence TEXT NOT NULL,"
     "  fix TEXT NOT NULL,"
     "  PRIMARY KEY (job_id, code));",
@@ -653,5 +653,25 @@ int store_dataset_delete(Store *s, int64_t id, Error *err)
     if (!st)
         return -1;
     sqlite3_bind_int64(st, 1, id);
+    return run(s, st, err);
+}
+
+int store_finding_put(Store *s, int64_t job, const Finding *f, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, "INSERT OR REPLACE INTO findings (job_id, code, severity,"
+                                  " epoch, message, evidence, fix) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                               err);
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, job);
+    sqlite3_bind_text(st, 2, f->code, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, diag_severity_name(f->severity), -1, SQLITE_STATIC);
+    if (f->epoch >= 0)
+        sqlite3_bind_int(st, 4, f->epoch);
+    else
+        sqlite3_bind_null(st, 4);
+    sqlite3_bind_text(st, 5, f->message, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 6, f->evidence[0] ? f->evidence : "{}", -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, 7, f->fix, -1, SQLITE_TRANSIENT);
     return run(s, st, err);
 }

@@ -17,7 +17,8 @@
  *                  confusion matrix (JSON arrays)
  *   class_metrics  one row per job, epoch and class: precision, recall, F1, support
  *   steps          one row per job, epoch and step: loss, lr
- *   findings       one row per job and finding code (diagnosis)
+ *   findings       one row per job and finding code (diagnosis): severity, epoch,
+ *                  message, evidence (JSON), fix
  * Epoch, class and step rows are keyed by (job, epoch[, ...]) and written with
  * "insert or replace": a job resumed from a checkpoint rewrites the epochs after
  * it, so no epoch is lost or stored twice.
@@ -120,6 +121,13 @@ int store_dataset_delete(Store *s, int64_t id, Error *err);
 /* The shortest decimal that reads back as f, as a double: a learning rate of
  * 0.001f is stored and shown as 0.001, not 0.0010000000474974513. */
 double store_float(float f);
+
+/* A diagnosis finding of job (one row per job and code: a later one replaces it). */
+int store_finding_put(Store *s, int64_t job, const Finding *f, Error *err);
+
+/* The columns of a finding as the API shows it; append "WHERE ...". */
+#define STORE_FINDING_SELECT \
+    "SELECT code, severity, epoch, message, evidence, fix FROM findings "
 
 /* For tests and tools: the raw connection (sqlite3 *). */
 void *store_db(Store *s);

@@ -149,6 +149,26 @@ static void on_epoch(void *ctx, const EpochReport *rep)
     json_decref(row);
 }
 
+static void on_finding(void *ctx, const Finding *f)
+{
+    JobRun *r = ctx;
+    Error err;
+    log_msg(f->severity == DIAG_ERROR ? LOG_LEVEL_WARN : LOG_LEVEL_INFO, "job %lld: finding %s "
+            "(%s): %s", (long long)r->job, f->code, diag_severity_name(f->severity), f->message);
+    if (!r->store_failed && store_finding_put(r->w->store, r->job, f, &err))
+        store_failure(r, &err);
+    json_t *ev = json_loads(f->evidence, 0, NULL);
+    json_t *j = json_pack("{s:I, s:s, s:s, s:o, s:s, s:s, s:o}", "job", (json_int_t)r->job, "code",
+                          f->code, "severity", diag_severity_name(f->severity), "epoch",
+                          f->epoch >= 0 ? json_integer(f->epoch) : json_null(), "message",
+                          f->message, "fix", f->fix, "evidence", ev ? ev : json_object());
+    char *text = json_dumps(j, JSON_COMPACT);
+    if (text)
+        events_publish(r->w->cfg.events, r->job, "finding", text, 0);
+    free(text);
+    json_decref(j);
+}
+
 static void on_done(void *ctx, const struct Resnet *m, const Dataset *ds, const Preprocess *p)
 {
     JobRun *r = ctx;
@@ -278,7 +298,8 @@ static void run_job(Worker *w, int64_t job)
     opt.spill_dir = dir;
     opt.max_pixels = w->cfg.max_pixels;
     opt.checkpoint_on_cancel = &w->stopping;
-    TrainCallbacks cb = {&r, on_phase, on_step, on_epoch, &w->cancel, on_done, on_start};
+    TrainCallbacks cb = {&r, on_phase, on_step, on_epoch, &w->cancel, on_done, on_start,
+                         on_finding};
     TrainResult res;
     int rc = train_run(&spec, &opt, &cb, &res, &err);
     jobspec_free(&spec);

@@ -93,6 +93,8 @@ static void test_defaults_and_custom(void **state)
     assert_true(s.phases[0].optimizer.beta1 == 0.8f);
     assert_int_equal(s.early_stopping, 0);
     assert_true(fabs(s.val_fraction - 0.2) < 1e-12);
+    assert_int_equal(s.overfit_batch, 0);
+    assert_int_equal(s.overfit_steps, 50);
     jobspec_free(&s);
 }
 
@@ -157,6 +159,9 @@ static void test_errors_name_the_path(void **state)
         {"{" BASE ", " PH ", \"early_stopping\": {\"monitor\": \"loss\"}}", "early_stopping.monitor",
          "\"val_loss\""},
         {"{" BASE ", \"seed\": 1, \"seed\": 2, " PH "}", "", "duplicate"},
+        {"{" BASE ", " PH ", \"preflight\": {\"steps\": 0}}", "preflight.steps", "from 1 to 10000"},
+        {"{" BASE ", " PH ", \"preflight\": {\"overfit\": true}}", "preflight.overfit", "unknown"},
+        {"{" BASE ", " PH ", \"preflight\": true}", "preflight", "must be an object"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         JobSpec s;

@@ -95,7 +95,7 @@ static void test_learns(void **state)
                       " \"phases\": [{\"epochs\": 4, \"train\": \"all\", \"bn\": \"train\","
                       "   \"optimizer\": {\"type\": \"adam\", \"lr\": 0.001}}]}", "");
     Log log = {0};
-    TrainCallbacks cb = {&log, on_phase, on_step, all_epoch, &log.cancel, NULL, NULL};
+    TrainCallbacks cb = {&log, on_phase, on_step, all_epoch, &log.cancel, NULL, NULL, NULL};
     TrainResult res;
     Error err;
     if (train_run(&s, NULL, &cb, &res, &err))
@@ -181,7 +181,7 @@ static void test_head_only_keeps_backbone(void **state)
                       " \"phases\": [{\"epochs\": 2, \"train\": \"head\", \"bn\": \"train\","
                       "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.1, \"momentum\": 0.9}}]}", extra);
     HeadCheck h = {{0}, src, 0};
-    TrainCallbacks cb = {&h.log, on_phase, on_step, head_epoch, NULL, NULL, NULL};
+    TrainCallbacks cb = {&h.log, on_phase, on_step, head_epoch, NULL, NULL, NULL, NULL};
     cb.ctx = &h; /* Log is the first member: the log callbacks still work */
     cb.on_done = check_backbone;
     TrainResult res;
@@ -202,7 +202,7 @@ static void test_cancel_within_a_batch(void **state)
                       "   \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}", "");
     Log log = {0};
     log.stop_after = 2;
-    TrainCallbacks cb = {&log, on_phase, on_step, on_epoch, &log.cancel, NULL, NULL};
+    TrainCallbacks cb = {&log, on_phase, on_step, on_epoch, &log.cancel, NULL, NULL, NULL};
     TrainResult res;
     Error err;
     if (train_run(&s, NULL, &cb, &res, &err))
@@ -295,7 +295,7 @@ static void test_export_and_predict(void **state)
     Export e;
     memset(&e, 0, sizeof e);
     snprintf(e.path, sizeof e.path, "%s", testutil_tmp_path("export.safetensors"));
-    TrainCallbacks cb = {&e, on_phase, on_step, on_epoch, NULL, export_and_score, NULL};
+    TrainCallbacks cb = {&e, on_phase, on_step, on_epoch, NULL, export_and_score, NULL, NULL};
     TrainResult res;
     Error err;
     if (train_run(&s, NULL, &cb, &res, &err))
@@ -365,7 +365,7 @@ static void test_checkpoint_resume_matches(void **state)
     TrainResult res;
     Curve a;
     memset(&a, 0, sizeof a);
-    TrainCallbacks cb = {&a, on_phase, on_step, curve_epoch, &a.log.cancel, NULL, NULL};
+    TrainCallbacks cb = {&a, on_phase, on_step, curve_epoch, &a.log.cancel, NULL, NULL, NULL};
     if (train_run(&s, NULL, &cb, &res, &err))
         fail_msg("%s", err.msg);
     assert_int_equal(a.n, 5);
@@ -526,7 +526,7 @@ static void test_activation_cache_matches(void **state)
     TrainOptions spill = {.activation_cache_bytes = 1, .spill_dir = spill_dir},
                  tight = {.activation_cache_bytes = 1};
     TrainResult res;
-    TrainCallbacks cb = {&plain, cache_phase, on_step, cache_epoch, NULL, NULL, NULL};
+    TrainCallbacks cb = {&plain, cache_phase, on_step, cache_epoch, NULL, NULL, NULL, NULL};
     if (train_run(&s, &off, &cb, &res, &err))
         fail_msg("%s", err.msg);
     cb.ctx = &cached;
