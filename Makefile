@@ -23,12 +23,26 @@ SERVERLIB_OBJ := $(filter-out $(BUILD)/server/main.o,$(SERVER_OBJ))
 UNIT_BIN   := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TESTLIB_OBJ:= $(TESTLIB_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps test unit asan bench demo run clean help
+.PHONY: all deps test unit asan bench demo run clean help web
 # keep the objects of chained rules (tests, tools, benchmarks) between builds
 .SECONDARY:
 BENCH_BIN  := $(BUILD)/bench/bench_train $(BUILD)/bench/bench_loader
 
-all: $(BUILD)/resnetd $(UNIT_BIN) $(TOOL_BIN) $(BENCH_BIN)
+# the dashboard's third-party files, from npm (web/package-lock.json), copied
+# next to the page; the daemon serves web/
+WEB_VENDOR := web/vendor/uPlot.iife.min.js web/vendor/uPlot.min.css
+
+all: $(BUILD)/resnetd $(UNIT_BIN) $(TOOL_BIN) $(BENCH_BIN) $(WEB_VENDOR)
+
+web: $(WEB_VENDOR)
+
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+web/vendor/%: web/node_modules/.package-lock.json
+	@mkdir -p web/vendor
+	cp web/node_modules/uplot/dist/$* $@
+
 
 help:
 	@echo "make deps   install missing Debian packages (tools/debian-packages.txt)"

@@ -4,6 +4,7 @@
 # 1. the PyTorch oracle writes reference data into BUILD_DIR/ref (tests/reference/*.py)
 # 2. every C unit test binary BUILD_DIR/tests/test_* runs (cmocka, TAP output)
 # 3. every Python test tests/**/test_*.py runs under Debian's python3 (unittest)
+# 4. every web test tests/web/test_*.mjs runs under node --test (headless Chromium)
 # "unit" runs 1 and 2 only (used by `make asan`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -71,6 +72,23 @@ if [ "$mode" = all ]; then
     passed=$((passed + ok)); failed=$((failed + bad))
     printf '%-28s %3d passed, %d failed\n' "$name" "$ok" "$bad"
   done < <(find tests -name 'test_*.py' | sort)
+fi
+
+if [ "$mode" = all ]; then
+  echo "== Web tests (headless Chromium)"
+  for t in tests/web/test_*.mjs; do
+    [ -e "$t" ] || continue
+    name=$(basename "$t" .mjs)
+    log="$build/test-logs/$name.log"
+    RESNETD_BUILD_DIR="$build" node --test --test-reporter=tap "$t" > "$log" 2>&1
+    rc=$?
+    ok=$(grep -cE '^ok [0-9]+ ' "$log")
+    bad=$(grep -cE '^not ok [0-9]+ ' "$log")
+    if [ "$rc" -ne 0 ] && [ "$bad" -eq 0 ]; then bad=1; fi
+    [ "$bad" -gt 0 ] && { failures+=("$name (see $log)"); grep -E '^not ok ' "$log" | sed 's/^/  /'; }
+    passed=$((passed + ok)); failed=$((failed + bad))
+    printf '%-28s %3d passed, %d failed\n' "$name" "$ok" "$bad"
+  done
 fi
 
 echo
