@@ -262,8 +262,10 @@ int diag_preflight(const PreflightInput *in, DiagSink sink, void *ctx)
             n++;
         }
     }
+    /* (a batch that is mostly one of the user's classes may rightly land in one
+     * original class: only a varied batch counts) */
     if (in->head_top_share >= 0 && in->head_sample >= 8 && in->head_classes >= 2 &&
-        in->head_top_share >= 0.8) {
+        in->head_top_share >= 0.8 && in->head_batch_majority < 0.6) {
         snprintf(msg, sizeof msg, "the weights' own %d-class head puts %.0f%% of %d of your "
                  "images into its class %d: the inputs look alike to the backbone, which "
                  "usually means the preprocessing is wrong for these weights",
@@ -272,8 +274,9 @@ int diag_preflight(const PreflightInput *in, DiagSink sink, void *ctx)
         emit(sink, ctx, "HEAD_COLLAPSE", -1,
              "Check the preprocessing (\"auto\" uses the weights' own) and that images are "
              "ordinary 0..255 pictures.",
-             msg, "{\"top_class\": %d, \"top_share\": %s, \"sample\": %d, \"head_classes\": %d}",
-             in->head_top_class, num(in->head_top_share), in->head_sample, in->head_classes);
+             msg, "{\"top_class\": %d, \"top_share\": %s, \"sample\": %d, \"head_classes\": %d, "
+             "\"batch_majority_label_share\": %s}", in->head_top_class, num(in->head_top_share),
+             in->head_sample, in->head_classes, num(in->head_batch_majority));
         n++;
     }
     const Dataset *ds = in->ds;
@@ -392,15 +395,36 @@ int diag_epoch(Diagnosis *d, const EpochSummary *e, DiagSink sink, void *ctx)
     int found = 0;
     char msg[512];
 
-    /* divergence: not a number, or a rise in each of the last 3 epochs of the phase */
-    int rising = n >= 4 && h[n - 4].phase == e->phase;
+    /* divergence: not a number, a rise in each of the last 3 epochs of the phase, or
+     * trainable weights that moved more than 20 times their initial norm. The last
+     * catches a blow-up whose loss stays finite (1e3 .. 1e28) and jumps around instead
+     * of rising steadily (SGD lr 10, Adam lr 5): such runs move their weights 95 to
+     * 1e7 times their norm within the first epoch, while training that works moves
+     * a new head by < 1 and pretrained stages by a few percent. */
+    static const char *const stage_names[DIAG_STAGES] = {"conv1", "conv2", "conv3", "conv4",
+                                                         "conv5", "head"};
+    /* (a rise among losses far below log(classes), a model that already fits, is
+     * noise around zero, not divergence) */
+    int rising = n >= 4 && h[n - 4].phase == e->phase && e->train_loss > 0.1 * logk;
     for (int i = n - 3; rising && i < n; i++)
         rising = h[i].train_loss > h[i - 1].train_loss * 1.05;
-    if ((!isfinite(e->train_loss) || !isfinite(e->val_loss) || rising) && once(d, "LR_DIVERGED")) {
-        if (!isfinite(e->train_loss) || !isfinite(e->val_loss))
+    double blown = 0;
+    int blown_stage = -1;
+    for (int s = 0; s < DIAG_STAGES; s++)
+        if (e->trainable[s] && isfinite(e->weight_change[s]) && e->weight_change[s] > blown) {
+            blown = e->weight_change[s];
+            blown_stage = s;
+        }
+    const int nonfinite = !isfinite(e->train_loss) || !isfinite(e->val_loss);
+    if ((nonfinite || rising || blown > 20) && once(d, "LR_DIVERGED")) {
+        if (nonfinite)
             snprintf(msg, sizeof msg, "epoch %d: the loss is %s: the updates blew the weights "
                      "up", e->epoch + 1, isfinite(e->train_loss) ? "finite in train but not "
                      "in val" : "not a number");
+        else if (blown > 20)
+            snprintf(msg, sizeof msg, "epoch %d: the %s weights moved %.3g times their initial "
+                     "norm (train loss %.4g): the updates blew the weights up", e->epoch + 1,
+                     stage_names[blown_stage], blown, e->train_loss);
         else
             snprintf(msg, sizeof msg, "the train loss rose in each of the last 3 epochs "
                      "(%.4g -> %.4g -> %.4g -> %.4g): the learning rate is too high",
@@ -409,9 +433,10 @@ int diag_epoch(Diagnosis *d, const EpochSummary *e, DiagSink sink, void *ctx)
         emit(sink, ctx, "LR_DIVERGED", e->epoch,
              "Lower the phase's learning rate (10x is a good first step), or add a warmup.",
              msg, "{\"epoch\": %d, \"train_loss\": %s, \"val_loss\": %s, \"previous\": [%s, %s, "
-             "%s]}", e->epoch, num(e->train_loss), num(e->val_loss),
-             num(n >= 4 ? h[n - 4].train_loss : NAN), num(n >= 3 ? h[n - 3].train_loss : NAN),
-             num(n >= 2 ? h[n - 2].train_loss : NAN));
+             "%s], \"max_relative_weight_change\": %s}", e->epoch, num(e->train_loss),
+             num(e->val_loss), num(n >= 4 ? h[n - 4].train_loss : NAN),
+             num(n >= 3 ? h[n - 3].train_loss : NAN), num(n >= 2 ? h[n - 2].train_loss : NAN),
+             num(blown));
         found++;
     }
 
@@ -428,7 +453,7 @@ int diag_epoch(Diagnosis *d, const EpochSummary *e, DiagSink sink, void *ctx)
                     moved = e->weight_change[s];
             }
         double drop = p->val_acc - e->val_acc;
-        if (newly && moved > 0.05 && (drop > 0.1 || e->val_loss > 1.5 * p->val_loss) &&
+        if (newly && moved > 0.01 && (drop > 0.1 || e->val_loss > 1.5 * p->val_loss) &&
             once(d, "LR_DESTROYS_PRETRAINED")) {
             snprintf(msg, sizeof msg, "in the first epoch after unfreezing, val accuracy fell "
                      "from %.3f to %.3f while the newly trainable pretrained layers changed by "

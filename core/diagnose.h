@@ -68,6 +68,7 @@ typedef struct {
      * most predicted original class (-1: not run, e.g. no head) */
     double head_top_share;
     int head_top_class, head_classes, head_sample;
+    double head_batch_majority;  /* largest share of one user label in that batch */
     /* the one-batch overfit check: train accuracy reached (-1: not run) */
     double overfit_accuracy;
     int overfit_steps, overfit_batch;

@@ -733,6 +733,12 @@ static int preflight(const JobSpec *s, Resnet *m, const Dataset *ds, const Prepr
         input_stats_add(&st, x, (int64_t)n * s->input_size * s->input_size);
         pin.inputs = &st;
         head_on_batch(s, f, x, n, &pin);
+        int *per = calloc((size_t)ds->n_classes, sizeof *per), most = 0;
+        for (int i = 0; per && i < n; i++)
+            if (labels[i] >= 0 && labels[i] < ds->n_classes && ++per[labels[i]] > most)
+                most = per[labels[i]];
+        free(per);
+        pin.head_batch_majority = n ? (double)most / n : 1.0;
         if (s->overfit_batch) {
             pin.overfit_accuracy = overfit_batch(s, m, x, labels, n, err);
             pin.overfit_steps = s->overfit_steps;

@@ -107,6 +107,26 @@ static void test_divergence(void **state)
         assert_int_equal(find(&t, "LR_DIVERGED") != NULL, k == 0);
         diag_free(&d);
     }
+    /* a finite blow-up: the head moved 95 times its norm in one epoch */
+    Sink b = {0};
+    diag_init(&d, 3, 0, 1.0);
+    e = epoch(0, 0, 0, 3e4, 0.3, 2e4, 0.3);
+    e.weight_change[5] = 95;
+    diag_epoch(&d, &e, collect, &b);
+    const Finding *f = find(&b, "LR_DIVERGED");
+    assert_non_null(f);
+    assert_true(fabs(ev(f, "max_relative_weight_change") - 95) < 1e-9);
+    diag_free(&d);
+    /* rising but tiny losses (a model that already fits): not divergence */
+    Sink tiny = {0};
+    diag_init(&d, 3, 0, 1.0);
+    double small[4] = {1.4e-6, 1.5e-6, 1.9e-6, 2.7e-6};
+    for (int i = 0; i < 4; i++) {
+        e = epoch(i, 0, i, small[i], 1.0, 0.2, 0.9);
+        diag_epoch(&d, &e, collect, &tiny);
+    }
+    assert_null(find(&tiny, "LR_DIVERGED"));
+    diag_free(&d);
 }
 
 static void test_unfreeze_destroys(void **state)
@@ -119,7 +139,7 @@ static void test_unfreeze_destroys(void **state)
         EpochSummary a = epoch(0, 0, 0, 0.8, 0.7, 0.7, 0.75);
         EpochSummary b = epoch(1, 1, 0, 1.5, 0.4, 1.6, 0.35);
         b.trainable[4] = 1;                    /* conv5 unfrozen in phase 1 */
-        b.weight_change[4] = k == 1 ? 0.02 : 0.3; /* k 1: moved too little to blame */
+        b.weight_change[4] = k == 1 ? 0.005 : 0.3; /* k 1: moved too little to blame */
         if (k == 2)
             b.val_acc = 0.74;                  /* k 2: val did not drop */
         b.val_loss = k == 2 ? 0.72 : 1.6;
@@ -363,6 +383,7 @@ static void test_preflight_rules(void **state)
     in.head_top_class = 7;
     in.head_classes = 1000;
     in.head_sample = 32;
+    in.head_batch_majority = 0.34;
     in.overfit_accuracy = 0.34;
     in.overfit_steps = 50;
     in.overfit_batch = 32;
@@ -377,6 +398,34 @@ static void test_preflight_rules(void **state)
     assert_true(fabs(ev(f, "accuracy") - 0.34) < 1e-9);
     assert_non_null(find(&m, "RESOLUTION_1X1"));
     assert_null(find(&m, "RESOLUTION_UPSCALED")); /* 40 native for 32 input */
+    /* a batch that is 90% one class may land in one original class: no collapse */
+    Sink one = {0};
+    in.head_batch_majority = 0.9;
+    diag_preflight(&in, collect, &one);
+    assert_null(find(&one, "HEAD_COLLAPSE"));
+    /* custom mode: rescale 1/255 in front of caffe's means expects 0..255 pixels
+     * (means of ~100), so inputs one wide are double scaled */
+    Sink cu = {0};
+    in.overridden = 0;
+    in.head_top_share = -1;
+    in.overfit_accuracy = -1;
+    p.norm.mode = NORM_CUSTOM;
+    p.norm.rescale = 1.0f / 255;
+    input_stats_reset(&st);
+    input_stats_add(&st, px, 2);
+    diag_preflight(&in, collect, &cu);
+    f = find(&cu, "PREPROC_DOUBLE_SCALE");
+    assert_non_null(f);
+    assert_true(ev(f, "expected_width") > 200);
+    /* constant inputs (all-black images) are not double scaling */
+    Sink flat = {0};
+    float black[6] = {-103.9f, -116.8f, -123.7f, -103.9f, -116.8f, -123.7f};
+    input_stats_reset(&st);
+    input_stats_add(&st, black, 2);
+    diag_preflight(&in, collect, &flat);
+    assert_null(find(&flat, "PREPROC_DOUBLE_SCALE"));
+    p.norm.mode = NORM_CAFFE;
+    p.norm.rescale = 1.0f;
     /* 20-pixel images fed at 64: upscaled 3.2x */
     Sink u = {0};
     ds.report.width_median = ds.report.height_median = 20;
