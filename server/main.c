@@ -470,7 +470,7 @@ static int ensure_dir(const char *path, Error *err)
 
 /* The dashboard's folder: $RESNETD_WEB_DIR, ./web, web/ beside the binary's
  * folder (build/resnetd -> web/), or /usr/share/resnetd/web. */
-static void find_web_dir(const char *argv0, char *out, size_t len)
+static void find_web_dir(char *out, size_t len)
 {
     const char *env = getenv("RESNETD_WEB_DIR");
     if (env && *env) {
@@ -480,7 +480,6 @@ static void find_web_dir(const char *argv0, char *out, size_t len)
     char exe[4096];
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
     exe[n > 0 ? n : 0] = '\0';
-    (void)argv0;
     char cand[3][4200];
     snprintf(cand[0], sizeof cand[0], "web");
     char *slash = strrchr(exe, '/');
@@ -499,7 +498,7 @@ static void find_web_dir(const char *argv0, char *out, size_t len)
 
 extern char **environ;
 
-static int cmd_serve(int argc, char **argv, const char *argv0)
+static int cmd_serve(int argc, char **argv)
 {
     Config cfg;
     Error err;
@@ -522,7 +521,7 @@ static int cmd_serve(int argc, char **argv, const char *argv0)
         fprintf(stderr, "resnetd serve: %s\n", err.msg);
         return 1;
     }
-    find_web_dir(argv0, web, sizeof web);
+    find_web_dir(web, sizeof web);
     Store *st;
     if (store_open(&st, db, &err)) { /* creates or migrates the schema, once */
         fprintf(stderr, "resnetd serve: %s\n", err.msg);
@@ -605,7 +604,7 @@ int main(int argc, char **argv)
     if (!strcmp(cmd, "train"))
         return cmd_train(argc - 2, argv + 2);
     if (!strcmp(cmd, "serve"))
-        return cmd_serve(argc - 2, argv + 2, argv[0]);
+        return cmd_serve(argc - 2, argv + 2);
     if (!strcmp(cmd, "predict"))
         return cmd_predict(argc - 2, argv + 2);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h"))

@@ -56,10 +56,11 @@ done
 
 if [ "$mode" = all ]; then
   echo "== Python tests"
-  while IFS= read -r t; do
+  mapfile -t pytests < <(find tests -name 'test_*.py' | sort)
+  for t in "${pytests[@]}"; do
     name=$(basename "$t" .py)
     log="$build/test-logs/$name.log"
-    $PY -m unittest -v "$t" > "$log" 2>&1
+    $PY -m unittest -v "$t" > "$log" 2>&1 < /dev/null
     rc=$?
     # unittest's summary: "Ran N tests" then "OK" or "FAILED (failures=F, errors=E)"
     ran=$(sed -n 's/^Ran \([0-9]*\) tests\?.*/\1/p' "$log" | tail -1)
@@ -71,7 +72,7 @@ if [ "$mode" = all ]; then
     [ "$bad" -gt 0 ] && { failures+=("$name (see $log)"); grep -E '^(FAIL|ERROR): ' "$log" | sed 's/^/  /'; }
     passed=$((passed + ok)); failed=$((failed + bad))
     printf '%-28s %3d passed, %d failed\n' "$name" "$ok" "$bad"
-  done < <(find tests -name 'test_*.py' | sort)
+  done
 fi
 
 if [ "$mode" = all ]; then
@@ -80,7 +81,7 @@ if [ "$mode" = all ]; then
     [ -e "$t" ] || continue
     name=$(basename "$t" .mjs)
     log="$build/test-logs/$name.log"
-    RESNETD_BUILD_DIR="$build" node --test --test-reporter=tap "$t" > "$log" 2>&1
+    RESNETD_BUILD_DIR="$build" node --test --test-reporter=tap "$t" > "$log" 2>&1 < /dev/null
     rc=$?
     ok=$(grep -cE '^ok [0-9]+ ' "$log")
     bad=$(grep -cE '^not ok [0-9]+ ' "$log")
