@@ -146,7 +146,10 @@ class TrainCli(unittest.TestCase):
 
         p = subprocess.Popen([RESNETD, "train", sp, "--db", db, "--checkpoint", ck],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        first = p.stdout.readline()
+        first = ""  # findings come first (before training), then epoch 1's line
+        while not first.startswith("epoch "):
+            first = p.stdout.readline()
+            self.assertTrue(first, "resnetd train ended before its first epoch")
         self.assertTrue(first.startswith("epoch 1/5"), first)
         p.send_signal(signal.SIGINT)
         out, err = p.communicate(timeout=120)
