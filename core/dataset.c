@@ -747,7 +747,14 @@ static int build_report(Dataset *ds, const Scan *s, Error *err)
         return oom(err);
     }
     double sum[SPLIT_COUNT][3] = {{0}}, sumsq[SPLIT_COUNT][3] = {{0}};
+    double isum[SPLIT_COUNT][3] = {{0}}, isumsq[SPLIT_COUNT][3] = {{0}};
     double npix[SPLIT_COUNT] = {0};
+    int *side = malloc((size_t)n * sizeof *side), nside[SPLIT_COUNT] = {0};
+    if (!side) {
+        free(w);
+        free(h);
+        return oom(err);
+    }
     for (int i = 0; i < n; i++) {
         const DecodeSlot *sl = &s->slots[s->item_file[i]];
         int k = ds->items[i].split;
@@ -755,12 +762,34 @@ static int build_report(Dataset *ds, const Scan *s, Error *err)
         h[i] = sl->height;
         r->n_gray += sl->was_gray;
         r->n_alpha += sl->had_alpha;
-        npix[k] += (double)sl->width * sl->height;
+        r->gray[k] += sl->was_gray;
+        double area = (double)sl->width * sl->height;
+        npix[k] += area;
         for (int c = 0; c < 3; c++) {
             sum[k][c] += (double)sl->sum[c];
             sumsq[k][c] += (double)sl->sumsq[c];
+            double m = area > 0 ? (double)sl->sum[c] / area : 0;
+            isum[k][c] += m;
+            isumsq[k][c] += m * m;
         }
     }
+    /* median shorter side per split: items are sorted by split */
+    for (int k = 0; k < SPLIT_COUNT; k++) {
+        for (int i = 0; i < n; i++)
+            if (ds->items[i].split == k) {
+                const DecodeSlot *sl = &s->slots[s->item_file[i]];
+                side[nside[k]++] = sl->width < sl->height ? sl->width : sl->height;
+            }
+        if (nside[k]) {
+            qsort(side, (size_t)nside[k], sizeof *side, cmp_int);
+            r->side_median[k] = side[(nside[k] - 1) / 2];
+        }
+        for (int c = 0; c < 3 && r->total[k]; c++) {
+            double m = isum[k][c] / r->total[k], v = isumsq[k][c] / r->total[k] - m * m;
+            r->image_mean_std[k][c] = v > 0 ? sqrt(v) : 0.0;
+        }
+    }
+    free(side);
     qsort(w, (size_t)n, sizeof *w, cmp_int);
     qsort(h, (size_t)n, sizeof *h, cmp_int);
     r->width_min = w[0];

@@ -56,6 +56,11 @@ typedef struct {
     int n_problems;
     double mean[SPLIT_COUNT][3];     /* per channel (RGB) mean of raw 0..255 pixels */
     double std[SPLIT_COUNT][3];
+    /* per split: the spread (population std) of the images' own channel means,
+     * the files stored as grayscale, and the median shorter side */
+    double image_mean_std[SPLIT_COUNT][3];
+    int gray[SPLIT_COUNT];
+    int side_median[SPLIT_COUNT];
 } DatasetReport;
 
 typedef struct {

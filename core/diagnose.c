@@ -15,6 +15,8 @@ const DiagRule diag_rules[] = {
     {"DATA_IMBALANCE", DIAG_INFO, "dataset", "classes of very different sizes"},
     {"DATA_SPLIT_MISMATCH", DIAG_WARNING, "dataset",
      "train and val pixels differ beyond what sampling explains"},
+    {"DATA_SPLIT_FORMAT", DIAG_WARNING, "dataset",
+     "train and val differ in colour type or image size"},
     {"DATA_DARK_OR_SCALED", DIAG_WARNING, "dataset",
      "images nearly black: pixels stored already scaled to 0..1?"},
     {"PREPROC_MISMATCH", DIAG_ERROR, "preflight",
@@ -133,14 +135,14 @@ int diag_dataset(const Dataset *ds, DiagSink sink, void *ctx)
              ds->counts[small].count[SPLIT_TRAIN]);
         n++;
     }
-    /* per-channel means: pixel std / sqrt(images) bounds the standard error of a
-     * split's mean from above, so 4 of them is a conservative threshold */
+    /* per-channel means: each split's mean is the mean of its images' means, so
+     * its standard error is the spread of those / sqrt(images) */
     if (r->total[SPLIT_TRAIN] >= 10 && r->total[SPLIT_VAL] >= 10) {
         double worst = 0, worst_z = 0;
         int wc = 0;
         for (int c = 0; c < 3; c++) {
-            double se = sqrt(r->std[SPLIT_TRAIN][c] * r->std[SPLIT_TRAIN][c] / r->total[SPLIT_TRAIN] +
-                             r->std[SPLIT_VAL][c] * r->std[SPLIT_VAL][c] / r->total[SPLIT_VAL]);
+            double st = r->image_mean_std[SPLIT_TRAIN][c], sv = r->image_mean_std[SPLIT_VAL][c];
+            double se = sqrt(st * st / r->total[SPLIT_TRAIN] + sv * sv / r->total[SPLIT_VAL]);
             double d = fabs(r->mean[SPLIT_TRAIN][c] - r->mean[SPLIT_VAL][c]);
             double z = se > 0 ? d / se : (d > 0 ? INFINITY : 0);
             if (d > worst) { worst = d; worst_z = z; wc = c; }
@@ -157,9 +159,32 @@ int diag_dataset(const Dataset *ds, DiagSink sink, void *ctx)
                  "Prepare train and val the same way (same export, same resizing, same colour "
                  "handling) before registering them; resnetd preprocesses both identically.",
                  msg, "{\"channel\": \"%s\", \"train_mean\": %s, \"val_mean\": %s, "
-                 "\"train_std\": %s, \"val_std\": %s, \"standard_errors\": %s}", ch[wc],
+                 "\"train_std\": %s, \"val_std\": %s, \"train_image_mean_std\": %s, "
+                 "\"val_image_mean_std\": %s, \"standard_errors\": %s}", ch[wc],
                  num(r->mean[SPLIT_TRAIN][wc]), num(r->mean[SPLIT_VAL][wc]),
-                 num(r->std[SPLIT_TRAIN][wc]), num(r->std[SPLIT_VAL][wc]), num(worst_z));
+                 num(r->std[SPLIT_TRAIN][wc]), num(r->std[SPLIT_VAL][wc]),
+                 num(r->image_mean_std[SPLIT_TRAIN][wc]), num(r->image_mean_std[SPLIT_VAL][wc]),
+                 num(worst_z));
+            n++;
+        }
+    }
+    /* colour type and size: a share of grayscale files that differs by more than
+     * half, or median shorter sides more than 1.5x apart */
+    if (r->total[SPLIT_TRAIN] > 0 && r->total[SPLIT_VAL] > 0) {
+        double gt = (double)r->gray[SPLIT_TRAIN] / r->total[SPLIT_TRAIN];
+        double gv = (double)r->gray[SPLIT_VAL] / r->total[SPLIT_VAL];
+        int at = r->side_median[SPLIT_TRAIN], av = r->side_median[SPLIT_VAL];
+        double ratio = at > 0 && av > 0 ? (double)(at > av ? at : av) / (at < av ? at : av) : 1;
+        if (fabs(gt - gv) > 0.5 || ratio > 1.5) {
+            snprintf(msg, sizeof msg, "train and val were stored differently: %.0f%% of train "
+                     "and %.0f%% of val are grayscale files, and their median shorter sides are "
+                     "%d and %d pixels", 100 * gt, 100 * gv, at, av);
+            emit(sink, ctx, "DATA_SPLIT_FORMAT", -1,
+                 "Export both splits the same way (colour type and resolution); a model "
+                 "validated on differently prepared images is judged on a different task.",
+                 msg, "{\"train_gray_share\": %s, \"val_gray_share\": %s, "
+                 "\"train_side_median\": %d, \"val_side_median\": %d}", num(gt), num(gv), at,
+                 av);
             n++;
         }
     }

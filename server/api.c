@@ -328,8 +328,14 @@ static json_t *dataset_report_json(const Dataset *ds)
                                                   "reason", ds->problems[i].reason));
     json_t *mean = json_object(), *std = json_object();
     static const char *const split_names[SPLIT_COUNT] = {"train", "val"};
-    json_t *imbalance = json_object(), *totals = json_object();
+    json_t *imbalance = json_object(), *totals = json_object(), *gray = json_object();
+    json_t *side = json_object(), *image_mean_std = json_object();
     for (int s = 0; s < SPLIT_COUNT; s++) {
+        json_object_set_new(gray, split_names[s], json_integer(r->gray[s]));
+        json_object_set_new(side, split_names[s], json_integer(r->side_median[s]));
+        json_object_set_new(image_mean_std, split_names[s],
+                            json_pack("[f, f, f]", r->image_mean_std[s][0],
+                                      r->image_mean_std[s][1], r->image_mean_std[s][2]));
         json_object_set_new(mean, split_names[s],
                             json_pack("[f, f, f]", r->mean[s][0], r->mean[s][1], r->mean[s][2]));
         json_object_set_new(std, split_names[s],
@@ -341,14 +347,15 @@ static json_t *dataset_report_json(const Dataset *ds)
     json_t *findings = json_array();
     diag_dataset(ds, collect_finding, findings);
     return json_pack("{s:s, s:s, s:o, s:o, s:i, s:o, s:o, s:{s:[i,i,i], s:[i,i,i]}, s:i, s:i,"
-                     " s:i, s:i, s:o, s:{s:o, s:o}, s:o}",
+                     " s:i, s:i, s:o, s:{s:o, s:o, s:o}, s:o, s:o, s:o}",
                      "root", ds->root, "layout", ds->split_layout ? "train_val" : "class_folders",
                      "classes", classes, "counts", counts, "images", ds->n_items, "totals", totals,
                      "imbalance", imbalance, "sizes", "width", r->width_min, r->width_median,
                      r->width_max, "height", r->height_min, r->height_median, r->height_max,
                      "gray", r->n_gray, "alpha", r->n_alpha, "cross_split_duplicates",
                      r->n_cross_duplicates, "problem_count", r->n_problems, "problems", problems,
-                     "channels", "mean", mean, "std", std, "findings", findings);
+                     "channels", "mean", mean, "std", std, "image_mean_std", image_mean_std,
+                     "gray_per_split", gray, "side_median", side, "findings", findings);
 }
 
 /* The job as the API shows it; NULL (and *missing) when there is none. */

@@ -131,17 +131,24 @@ def pngs(folder):
 
 
 def split_stats(folder):
-    """(images, mean, population std) of the pixels of every PNG under folder, as
-    the dataset scan computes a split's per-channel statistics (gray: all equal)."""
-    n = s = sq = images = 0
+    """(images, mean, population std, population std of the images' own means) of
+    the pixels of every PNG under folder, as the dataset scan computes a split's
+    per-channel statistics (gray: all equal)."""
+    n = s = sq = 0
+    means = []
     for p in pngs(folder):
-        images += 1
-        for row in read_png(p):
-            n += len(row)
-            s += sum(row)
-            sq += sum(v * v for v in row)
+        rows = read_png(p)
+        px = sum(len(r) for r in rows)
+        tot = sum(sum(r) for r in rows)
+        n += px
+        s += tot
+        sq += sum(v * v for r in rows for v in r)
+        means.append(tot / px)
     mean = s / n
-    return images, mean, math.sqrt(max(sq / n - mean * mean, 0.0))
+    m1 = sum(means) / len(means)
+    m2 = sum(m * m for m in means) / len(means)
+    return (len(means), mean, math.sqrt(max(sq / n - mean * mean, 0.0)),
+            math.sqrt(max(m2 - m1 * m1, 0.0)))
 
 
 def fmnist(out, *args):
@@ -353,15 +360,15 @@ class Diagnosis(unittest.TestCase):
     # ---- datasets --------------------------------------------------------------
 
     def test_data_split_mismatch(self):
-        # (84 and 36 images: the rule's standard error, pixel std / sqrt(images), is a
-        # loose bound; with 30 and 12 the same shift is 3.3 of them and goes unflagged)
-        data = fmnist(self.path("bright"), "--classes", "0,1,7", "--per-class", "40",
+        # (the standard error comes from the spread of the images' own means, so
+        # even 30 and 12 images show a 90-level shift clearly)
+        data = fmnist(self.path("bright"), "--classes", "0,1,7", "--per-class", "14",
                       "--layout", "split", "--val-fraction", "0.3", "--size", "32")
         for p in pngs(os.path.join(data, "val")):  # val exported 90 levels brighter
             write_png(p, [[min(255, v + 90) for v in row] for row in read_png(p)])
-        nt, mt, st = split_stats(os.path.join(data, "train"))
-        nv, mv, sv = split_stats(os.path.join(data, "val"))
-        self.assertEqual((nt, nv), (84, 36))
+        nt, mt, st, it = split_stats(os.path.join(data, "train"))
+        nv, mv, sv, iv = split_stats(os.path.join(data, "val"))
+        self.assertEqual((nt, nv), (30, 12))
         r = self.run_job(job(data, "random", [phase(1, "head", "adam", 1e-3)]))
         f, ev = self.finding(r, "DATA_SPLIT_MISMATCH", "warning", None)
         self.assertEqual(ev["channel"], "red")  # gray: the first of three equal channels
@@ -369,11 +376,27 @@ class Diagnosis(unittest.TestCase):
         self.close(ev["val_mean"], mv)
         self.close(ev["train_std"], st)
         self.close(ev["val_std"], sv)
-        self.close(ev["standard_errors"], (mv - mt) / math.sqrt(st * st / nt + sv * sv / nv),
+        self.close(ev["train_image_mean_std"], it)
+        self.close(ev["val_image_mean_std"], iv)
+        self.close(ev["standard_errors"], (mv - mt) / math.sqrt(it * it / nt + iv * iv / nv),
                    rel=1e-3)
         self.assertGreater(ev["val_mean"] - ev["train_mean"], 8)
         self.assertGreater(ev["standard_errors"], 4)
         self.assertNotIn("DATA_LEAKAGE", r.findings)
+        self.assert_errors(r, set())
+
+    def test_data_split_format(self):
+        # train exported at 32 pixels, val at 64: the same classes, another resolution
+        small = fmnist(self.path("fmt32"), "--classes", "0,1,7", "--per-class", "12",
+                       "--layout", "split", "--size", "32")
+        large = fmnist(self.path("fmt64"), "--classes", "0,1,7", "--per-class", "12",
+                       "--layout", "split", "--size", "64", "--seed", "5")
+        shutil.rmtree(os.path.join(small, "val"))
+        shutil.copytree(os.path.join(large, "val"), os.path.join(small, "val"))
+        r = self.run_job(job(small, "random", [phase(1, "head", "adam", 1e-3)]))
+        f, ev = self.finding(r, "DATA_SPLIT_FORMAT", "warning", None)
+        self.assertEqual((ev["train_side_median"], ev["val_side_median"]), (32, 64))
+        self.assertEqual((ev["train_gray_share"], ev["val_gray_share"]), (1, 1))
         self.assert_errors(r, set())
 
     def test_data_leakage(self):

@@ -534,6 +534,37 @@ static void test_report_fields(void **state)
                     }
             sd[k][c] = sqrt(ss / n_px[k]);
         }
+    /* per split: the spread of the images' own means, grayscale files, and the
+     * lower median of the shorter sides */
+    double img_sd[2][3];
+    int gray[2] = {0, 0}, side_median[2];
+    for (int k = 0; k < 2; k++) {
+        int sides[N], ns = 0;
+        for (int i = 0; i < N; i++)
+            if (spec[i].split == k) {
+                sides[ns++] = spec[i].w < spec[i].h ? spec[i].w : spec[i].h;
+                gray[k] += spec[i].channels <= 2;
+            }
+        for (int a = 0; a < ns; a++) /* insertion sort: a handful of sides */
+            for (int b = a; b > 0 && sides[b - 1] > sides[b]; b--) {
+                int t = sides[b]; sides[b] = sides[b - 1]; sides[b - 1] = t;
+            }
+        side_median[k] = sides[(ns - 1) / 2];
+        for (int c = 0; c < 3; c++) {
+            double m1 = 0, m2 = 0;
+            for (int i = 0; i < N; i++)
+                if (spec[i].split == k) {
+                    double m = 0;
+                    for (int p = 0; p < spec[i].w * spec[i].h; p++)
+                        m += rgb[i][p * 3 + c];
+                    m /= spec[i].w * spec[i].h;
+                    m1 += m;
+                    m2 += m * m;
+                }
+            m1 /= ns;
+            img_sd[k][c] = sqrt(fmax(0, m2 / ns - m1 * m1));
+        }
+    }
     for (int i = 0; i < N; i++)
         free(rgb[i]);
     /* a hand check of one number: the val split's red channel is the red bytes
@@ -582,7 +613,13 @@ static void test_report_fields(void **state)
                           k, c, r->mean[k][c], mean[k][c], r->std[k][c], sd[k][c]);
             assert_true(fabs(r->mean[k][c] - mean[k][c]) < 1e-9);
             assert_true(fabs(r->std[k][c] - sd[k][c]) < 1e-9);
+            assert_true(fabs(r->image_mean_std[k][c] - img_sd[k][c]) < 1e-9);
         }
+    for (int k = 0; k < 2; k++) {
+        assert_int_equal(r->gray[k], gray[k]);
+        assert_int_equal(r->side_median[k], side_median[k]);
+    }
+    assert_int_equal(r->gray[SPLIT_TRAIN] + r->gray[SPLIT_VAL], r->n_gray);
     dataset_free(&ds);
 }
 
@@ -605,6 +642,9 @@ static void test_report_single_image(void **state)
     assert_int_equal(r->height_max, 2);
     assert_true(r->imbalance[SPLIT_TRAIN] == 1.0);
     assert_true(r->imbalance[SPLIT_VAL] == 0.0);
+    assert_true(r->image_mean_std[SPLIT_TRAIN][0] == 0.0); /* one image: no spread */
+    assert_int_equal(r->side_median[SPLIT_TRAIN], 2);
+    assert_int_equal(r->gray[SPLIT_TRAIN], 0);
     /* red 10,10,50,50: mean 30, std 20; green mean 40; blue mean 50 */
     assert_true(fabs(r->mean[SPLIT_TRAIN][0] - 30) < 1e-12);
     assert_true(fabs(r->mean[SPLIT_TRAIN][1] - 40) < 1e-12);

@@ -273,7 +273,7 @@ static void test_bn_gap(void **state)
 
 /* A 3-class dataset with the given report numbers. */
 static void fake_dataset(Dataset *ds, ClassCounts *counts, char **names, int dup,
-                         double train_mean, double val_mean, double sd)
+                         double train_mean, double val_mean, double sd, double image_sd)
 {
     memset(ds, 0, sizeof *ds);
     ds->n_classes = 3;
@@ -292,7 +292,10 @@ static void fake_dataset(Dataset *ds, ClassCounts *counts, char **names, int dup
         ds->report.mean[SPLIT_TRAIN][c] = train_mean;
         ds->report.mean[SPLIT_VAL][c] = val_mean;
         ds->report.std[SPLIT_TRAIN][c] = ds->report.std[SPLIT_VAL][c] = sd;
+        ds->report.image_mean_std[SPLIT_TRAIN][c] = ds->report.image_mean_std[SPLIT_VAL][c] =
+            image_sd;
     }
+    ds->report.side_median[SPLIT_TRAIN] = ds->report.side_median[SPLIT_VAL] = 40;
     ds->report.width_median = ds->report.height_median = 40;
 }
 
@@ -304,9 +307,9 @@ static void test_dataset_rules(void **state)
     ClassCounts skew[3] = {{{120, 30}}, {{40, 10}}, {{10, 3}}};
     Dataset ds;
     Sink s = {0};
-    fake_dataset(&ds, even, names, 0, 100, 101, 60);
+    fake_dataset(&ds, even, names, 0, 100, 101, 60, 20);
     assert_int_equal(diag_dataset(&ds, collect, &s), 0);
-    fake_dataset(&ds, skew, names, 2, 100, 150, 60); /* 4.9 standard errors */
+    fake_dataset(&ds, skew, names, 2, 100, 120, 60, 20); /* 20 levels: 5.9 standard errors */
     diag_dataset(&ds, collect, &s);
     const Finding *f = find(&s, "DATA_LEAKAGE");
     assert_non_null(f);
@@ -317,20 +320,44 @@ static void test_dataset_rules(void **state)
     assert_int_equal((int)ev(f, "smallest"), 10);
     f = find(&s, "DATA_SPLIT_MISMATCH");
     assert_non_null(f);
-    assert_true(fabs(ev(f, "val_mean") - 150) < 1e-9);
+    assert_true(fabs(ev(f, "val_mean") - 120) < 1e-9);
+    assert_true(fabs(ev(f, "standard_errors") - 20 / sqrt(400.0 / 170 + 400.0 / 43)) < 1e-3);
     assert_true(ev(f, "standard_errors") > 4.0);
-    /* 40 levels apart is 3.9 standard errors here: within sampling */
+    /* 40 levels apart with images whose own means spread by 60 is 3.9 standard
+     * errors: within sampling */
     Sink w = {0};
-    fake_dataset(&ds, skew, names, 0, 100, 140, 60);
+    fake_dataset(&ds, skew, names, 0, 100, 140, 60, 60);
     diag_dataset(&ds, collect, &w);
     assert_null(find(&w, "DATA_SPLIT_MISMATCH"));
     /* nearly black, as images saved after dividing by 255 are */
     Sink k = {0};
-    fake_dataset(&ds, even, names, 0, 0.5, 0.5, 0.3);
+    fake_dataset(&ds, even, names, 0, 0.5, 0.5, 0.3, 0.1);
     diag_dataset(&ds, collect, &k);
     f = find(&k, "DATA_DARK_OR_SCALED");
     assert_non_null(f);
     assert_true(ev(f, "pixel_mean") < 1);
+    assert_null(find(&k, "DATA_SPLIT_FORMAT"));
+    /* colour train, grayscale val; then same colour but 32 against 64 pixels */
+    Sink g = {0};
+    fake_dataset(&ds, even, names, 0, 100, 100, 60, 20);
+    ds.report.gray[SPLIT_VAL] = ds.report.total[SPLIT_VAL];
+    diag_dataset(&ds, collect, &g);
+    f = find(&g, "DATA_SPLIT_FORMAT");
+    assert_non_null(f);
+    assert_true(fabs(ev(f, "val_gray_share") - 1.0) < 1e-9);
+    assert_true(fabs(ev(f, "train_gray_share")) < 1e-9);
+    Sink z = {0};
+    fake_dataset(&ds, even, names, 0, 100, 100, 60, 20);
+    ds.report.side_median[SPLIT_TRAIN] = 32;
+    ds.report.side_median[SPLIT_VAL] = 64;
+    diag_dataset(&ds, collect, &z);
+    f = find(&z, "DATA_SPLIT_FORMAT");
+    assert_non_null(f);
+    assert_int_equal((int)ev(f, "val_side_median"), 64);
+    Sink same = {0};
+    ds.report.side_median[SPLIT_VAL] = 44; /* 1.375x: within */
+    diag_dataset(&ds, collect, &same);
+    assert_null(find(&same, "DATA_SPLIT_FORMAT"));
 }
 
 static void test_preflight_rules(void **state)
@@ -339,7 +366,7 @@ static void test_preflight_rules(void **state)
     char *names[3] = {"a", "b", "c"};
     ClassCounts even[3] = {{{40, 10}}, {{40, 10}}, {{40, 10}}};
     Dataset ds;
-    fake_dataset(&ds, even, names, 0, 100, 100, 60);
+    fake_dataset(&ds, even, names, 0, 100, 100, 60, 20);
     Preprocess p;
     memset(&p, 0, sizeof p);
     p.size = 64;
