@@ -297,8 +297,8 @@ class Diagnosis(unittest.TestCase):
         self.assertNotIn("PREPROC_DOUBLE_SCALE", ok.findings)
 
     def test_images_stored_scaled(self):
-        n_train, m_train, s_train = split_stats(os.path.join(self.scaled, "train"))
-        n_val, m_val, s_val = split_stats(os.path.join(self.scaled, "val"))
+        n_train, m_train, s_train, _ = split_stats(os.path.join(self.scaled, "train"))
+        n_val, m_val, s_val, _ = split_stats(os.path.join(self.scaled, "val"))
         for mode in ("caffe", "torch"):
             with self.subTest(mode=mode):
                 r = self.run_job(job(self.scaled, "random", [phase(1, "head", "adam", 1e-3)],
