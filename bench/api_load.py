@@ -5,7 +5,8 @@ registers a small Fashion-MNIST set, submits a job long enough to train for the
 whole measurement, then runs CLIENTS threads that each keep one HTTP/1.1
 connection and GET /api/jobs/ID/metrics as fast as they can for SECONDS.
 Prints one JSON object: requests/s, latency percentiles (ms), errors, and the
-job's training images/s over the same window next to its images/s alone.
+job's training images/s (steps finished x batch, from /steps) over the same
+window next to its images/s in the 5 s before, without load.
 
     /usr/bin/python3 bench/api_load.py BUILD_DIR [--clients 32] [--seconds 10]
 """
@@ -70,8 +71,15 @@ def main():
             jid = job["id"]
             while call(port, "GET", f"/api/jobs/{jid}")["epochs_done"] < 2:
                 time.sleep(0.2)
-            # training alone: images/s of the last finished epoch
-            alone = call(port, "GET", f"/api/jobs/{jid}/metrics")["epochs"][-1]["images_per_second"]
+
+            def steps_done():
+                return len(call(port, "GET", f"/api/jobs/{jid}/steps")["steps"])
+
+            # training alone: steps over 5 s, polled once a second (batch 16)
+            s0, t0 = steps_done(), time.time()
+            while time.time() - t0 < 5:
+                time.sleep(1)
+            alone = (steps_done() - s0) * 16 / (time.time() - t0)
             lat, errors, stop = [], [0], time.time() + a.seconds
             lock = threading.Lock()
 
@@ -96,7 +104,7 @@ def main():
                 with lock:
                     lat.extend(mine)
 
-            done_before = call(port, "GET", f"/api/jobs/{jid}")["epochs_done"]
+            steps_before = steps_done()
             threads = [threading.Thread(target=client) for _ in range(a.clients)]
             t0 = time.time()
             for t in threads:
@@ -104,17 +112,15 @@ def main():
             for t in threads:
                 t.join()
             wall = time.time() - t0
-            epochs = call(port, "GET", f"/api/jobs/{jid}/metrics")["epochs"]
-            during = [e["images_per_second"] for e in epochs[done_before:]]
+            under = (steps_done() - steps_before) * 16 / wall
             call(port, "POST", f"/api/jobs/{jid}/cancel")
             lat.sort()
             pct = lambda p: round(1000 * lat[min(len(lat) - 1, int(p * len(lat)))], 2) if lat else None
             print(json.dumps({"clients": a.clients, "seconds": round(wall, 2),
                               "requests": len(lat), "requests_per_s": round(len(lat) / wall, 1),
                               "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": pct(1.0),
-                              "errors": errors[0], "train_images_per_s_alone": alone,
-                              "train_images_per_s_under_load":
-                                  round(sum(during) / len(during), 1) if during else None}))
+                              "errors": errors[0], "train_images_per_s_alone": round(alone, 1),
+                              "train_images_per_s_under_load": round(under, 1)}))
         finally:
             d.terminate()
             d.wait(timeout=30)

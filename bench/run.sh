@@ -67,7 +67,7 @@ done
 
 # the daemon's read path: GET /api/jobs/ID/metrics from 32 clients while a job trains
 load=$($PY bench/api_load.py "$build" --clients 32 --seconds 10)
-$PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("\nAPI load (%d clients, GET /api/jobs/ID/metrics while a job trains): %.0f requests/s, p50 %.1f ms, p99 %.1f ms, %d errors; training %.0f img/s alone, %s img/s under that load" % (r["clients"], r["requests_per_s"], r["p50_ms"], r["p99_ms"], r["errors"], r["train_images_per_s_alone"], r["train_images_per_s_under_load"]))' "$load"
+$PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("\nAPI load (%d clients, GET /api/jobs/ID/metrics while a job trains): %.0f requests/s, p50 %.1f ms, p99 %.1f ms, %d errors; training %.0f img/s alone, %.0f img/s under that load" % (r["clients"], r["requests_per_s"], r["p50_ms"], r["p99_ms"], r["errors"], r["train_images_per_s_alone"], r["train_images_per_s_under_load"]))' "$load"
 
 {
   echo '{"blas_kernel": "'"$("$build/resnetd" version | sed -n 's/^blas: OpenBLAS kernel \([^ ]*\).*/\1/p')"'", "steps": '"$steps"', "rounds": '"$rounds"', "cases": ['
