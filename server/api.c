@@ -428,30 +428,6 @@ static enum MHD_Result get_info(struct MHD_Connection *c, Req *q)
     return send_json(c, q, 200, j);
 }
 
-/* GET /api/datasets/X: by id or name. */
-static json_t *find_dataset(Store *st, const char *key, int with_report, Error *err,
-                            int *missing)
-{
-    const char *sql = with_report
-        ? "SELECT id, name, source, path, created, report FROM datasets WHERE id = ?1"
-        : "SELECT id, name, source, path, created FROM datasets WHERE id = ?1";
-    int64_t id = parse_id(key);
-    if (!id) {
-        json_t *rows = store_query(st, "SELECT id, name FROM datasets", 0, 0, err);
-        size_t i;
-        json_t *d;
-        json_array_foreach(rows, i, d)
-            if (!strcmp(json_string_value(json_object_get(d, "name")), key))
-                id = json_integer_value(json_object_get(d, "id"));
-        json_decref(rows);
-    }
-    if (!id) {
-        *missing = 1;
-        return NULL;
-    }
-    return store_query_one(st, sql, id, 0, missing, err);
-}
-
 static enum MHD_Result get_datasets(struct MHD_Connection *c, Req *q)
 {
     Error err;
@@ -471,7 +447,7 @@ static enum MHD_Result get_dataset(struct MHD_Connection *c, Req *q, const char 
     Error err;
     int missing = 0;
     Store *st = thread_store(q->api, &err);
-    json_t *d = st ? find_dataset(st, key, 1, &err, &missing) : NULL;
+    json_t *d = st ? store_dataset_find(st, key, 1, &missing, &err) : NULL;
     if (!d && missing)
         return SEND_ERROR(c, q, 404, NULL, "no dataset '%s'", key);
     if (!d)
@@ -588,7 +564,7 @@ static enum MHD_Result post_dataset_archive(struct MHD_Connection *c, Req *q, co
     if (!st)
         return db_failure(c, q, &err);
     int missing = 0;
-    json_t *exists = find_dataset(st, name, 0, &err, &missing);
+    json_t *exists = store_dataset_find(st, name, 0, &missing, &err);
     if (exists) {
         json_decref(exists);
         return SEND_ERROR(c, q, 409, "name", "a dataset named '%s' exists already", name);
@@ -625,7 +601,7 @@ static enum MHD_Result delete_dataset(struct MHD_Connection *c, Req *q, const ch
     Error err;
     int missing = 0;
     Store *st = thread_store(a, &err);
-    json_t *d = st ? find_dataset(st, key, 0, &err, &missing) : NULL;
+    json_t *d = st ? store_dataset_find(st, key, 0, &missing, &err) : NULL;
     if (!d && missing)
         return SEND_ERROR(c, q, 404, NULL, "no dataset '%s'", key);
     if (!d)
@@ -728,7 +704,7 @@ static enum MHD_Result post_job(struct MHD_Connection *c, Req *q)
         return db_failure(c, q, &err);
     }
     int missing = 0;
-    json_t *d = find_dataset(st, spec.dataset, 0, &err, &missing);
+    json_t *d = store_dataset_find(st, spec.dataset, 0, &missing, &err);
     if (!d) {
         jobspec_free(&spec);
         json_decref(body);

@@ -629,6 +629,34 @@ int store_job_next(Store *s, int64_t *id, Error *err)
     return found ? 1 : rc == SQLITE_DONE ? 0 : -1;
 }
 
+json_t *store_dataset_find(Store *s, const char *key, int with_report, int *missing,
+                           Error *err)
+{
+    *missing = 0;
+    sqlite3_stmt *st = prepare(s, with_report
+        ? "SELECT id, name, source, path, created, report FROM datasets"
+          " WHERE name = ?1 OR CAST(id AS TEXT) = ?1 ORDER BY name = ?1 DESC LIMIT 1"
+        : "SELECT id, name, source, path, created FROM datasets"
+          " WHERE name = ?1 OR CAST(id AS TEXT) = ?1 ORDER BY name = ?1 DESC LIMIT 1", err);
+    if (!st)
+        return NULL;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_TRANSIENT);
+    json_t *row = NULL;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        row = json_object();
+        for (int i = 0; i < sqlite3_column_count(st); i++)
+            json_object_set_new(row, sqlite3_column_name(st, i), column_json(st, i));
+    } else if (rc == SQLITE_DONE) {
+        *missing = 1;
+        error_set(err, "no dataset '%s'", key);
+    } else {
+        db_error(s, err, "dataset lookup");
+    }
+    sqlite3_finalize(st);
+    return row;
+}
+
 int store_dataset_insert(Store *s, const char *name, const char *path, const char *source,
                          const char *report_json, int64_t *id, Error *err)
 {

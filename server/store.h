@@ -113,6 +113,12 @@ int store_job_claim(Store *s, int64_t id, Error *err);
  * first), else the oldest queued one. 1 with *id, 0 none, -1 error. */
 int store_job_next(Store *s, int64_t *id, Error *err);
 
+/* The registered dataset named key, or else the one whose id key spells
+ * (columns id, name, source, path, created, and report when with_report);
+ * NULL with *missing = 1 when there is none, *missing = 0 on a database error. */
+json_t *store_dataset_find(Store *s, const char *key, int with_report, int *missing,
+                           Error *err);
+
 /* A registered dataset. */
 int store_dataset_insert(Store *s, const char *name, const char *path, const char *source,
                          const char *report_json, int64_t *id, Error *err);

@@ -183,27 +183,11 @@ static void on_done(void *ctx, const struct Resnet *m, const Dataset *ds, const 
  * in weights_dir, or random) to paths. */
 static int resolve(Worker *w, JobSpec *spec, Error *err)
 {
-    char *end;
-    long long id = strtoll(spec->dataset, &end, 10);
-    int numeric = *spec->dataset && !*end;
     int missing;
     Error qerr;
-    json_t *row = numeric
-        ? store_query_one(w->store, "SELECT path FROM datasets WHERE id = ?1", id, 0, &missing,
-                          &qerr)
-        : NULL;
-    if (!numeric) {
-        json_t *rows = store_query(w->store, "SELECT name, path FROM datasets", 0, 0, &qerr);
-        size_t i;
-        json_t *d;
-        json_array_foreach(rows, i, d) {
-            if (!strcmp(json_string_value(json_object_get(d, "name")), spec->dataset)) {
-                row = json_incref(d);
-                break;
-            }
-        }
-        json_decref(rows);
-    }
+    json_t *row = store_dataset_find(w->store, spec->dataset, 0, &missing, &qerr);
+    if (!row && !missing)
+        return error_set(err, "%s", qerr.msg);
     if (!row)
         return error_set(err, "dataset '%s' is not registered (any more)", spec->dataset);
     snprintf(spec->dataset, sizeof spec->dataset, "%s",

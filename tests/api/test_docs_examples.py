@@ -23,7 +23,7 @@ import unittest
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.environ.get("RESNETD_BUILD_DIR") or os.path.join(ROOT, "build")
+BUILD = os.path.abspath(os.environ.get("RESNETD_BUILD_DIR") or os.path.join(ROOT, "build"))
 DOC = os.path.join(ROOT, "docs", "api.md")
 
 

@@ -194,6 +194,38 @@ static void test_job_epochs_steps(void **state)
     store_close(s);
 }
 
+static void test_dataset_find(void **state)
+{
+    (void)state;
+    Store *s;
+    Error err;
+    assert_int_equal(store_open(&s, testutil_tmp_path("datasets.db"), &err), 0);
+    int64_t a, b;
+    assert_int_equal(store_dataset_insert(s, "flowers", "/d/flowers", "folder", "{\"images\": 3}",
+                                          &a, &err), 0);
+    /* a dataset whose name is another one's id: the name wins */
+    assert_int_equal(store_dataset_insert(s, "1", "/d/one", "upload", "{}", &b, &err), 0);
+    assert_int_equal(a, 1);
+    int missing = -1;
+    json_t *d = store_dataset_find(s, "flowers", 1, &missing, &err);
+    assert_non_null(d);
+    assert_int_equal(json_integer_value(json_object_get(d, "id")), a);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(d, "report"), "images")), 3);
+    json_decref(d);
+    d = store_dataset_find(s, "2", 0, &missing, &err);
+    assert_string_equal(json_string_value(json_object_get(d, "path")), "/d/one");
+    assert_null(json_object_get(d, "report"));
+    json_decref(d);
+    d = store_dataset_find(s, "1", 0, &missing, &err);
+    assert_string_equal(json_string_value(json_object_get(d, "name")), "1");
+    json_decref(d);
+    assert_null(store_dataset_find(s, "tulips", 0, &missing, &err));
+    assert_int_equal(missing, 1);
+    assert_null(store_dataset_find(s, "3", 0, &missing, &err));
+    assert_int_equal(missing, 1);
+    store_close(s);
+}
+
 static void test_refusals(void **state)
 {
     (void)state;
@@ -237,6 +269,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schema_and_wal),
         cmocka_unit_test(test_job_epochs_steps),
+        cmocka_unit_test(test_dataset_find),
         cmocka_unit_test(test_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
