@@ -33,8 +33,9 @@ const DiagRule diag_rules[] = {
      "input so small that the last feature map is 1x1"},
     {"OVERFIT_BATCH_FAILED", DIAG_ERROR, "preflight",
      "the model cannot even learn one batch by heart"},
-    {"BN_SMALL_BATCH", DIAG_WARNING, "preflight",
-     "BatchNorm in train mode with a small batch"},
+    {"BN_SMALL_BATCH", DIAG_WARNING, "phase", "BatchNorm in train mode with a small batch"},
+    {"BN_FROZEN_RANDOM", DIAG_WARNING, "phase",
+     "BatchNorm frozen in randomly initialised layers: statistics 0 and 1 forever"},
     {"LR_DIVERGED", DIAG_ERROR, "epoch", "the loss is not a number or keeps rising"},
     {"LR_DESTROYS_PRETRAINED", DIAG_WARNING, "epoch",
      "validation collapsed when pretrained layers started to move fast"},
@@ -353,31 +354,35 @@ int diag_preflight(const PreflightInput *in, DiagSink sink, void *ctx)
     return n;
 }
 
-int diag_phase(int phase, const char *phase_name, int bn_batch_stats_layers, int batch_size,
-               int epoch, DiagSink sink, void *ctx)
-{
-    if (bn_batch_stats_layers <= 0 || batch_size >= 16)
-        return 0;
-    char msg[512];
-    snprintf(msg, sizeof msg, "phase %d (\"%s\") trains %d BatchNorm layers in train mode with "
-             "batches of %d: their statistics are noisy and the running averages drift from "
-             "what inference sees", phase + 1, phase_name, bn_batch_stats_layers, batch_size);
-    emit(sink, ctx, "BN_SMALL_BATCH", epoch,
-         "Keep BN frozen (\"bn\": \"frozen\", the default) when fine-tuning, or use batches "
-         "of 16 or more.",
-         msg, "{\"phase\": %d, \"bn_layers_in_train_mode\": %d, \"batch_size\": %d}", phase,
-         bn_batch_stats_layers, batch_size);
-    return 1;
-}
+/* ---- phases and epochs --------------------------------------------------- */
 
-/* ---- epochs -------------------------------------------------------------- */
+/* How long a run may look bad before the rules judge it, in optimizer steps (each
+ * threshold is explained in docs/diagnosis.md, "Early epochs"):
+ * START_STEPS_*  the val-side rules (OVERFITTING, ACCURACY_IS_MAJORITY,
+ *                PREDICTIONS_COLLAPSE, BALANCED_GAP) judge only epochs that end
+ *                this far into the job. From random weights, BN's running
+ *                statistics (momentum 0.1) still hold 0.9^30 = 4% of their initial
+ *                0 and 1 after 30 steps, and a random network learns the class
+ *                frequencies before the classes; a new head on pretrained features
+ *                has only its own first steps to take.
+ * BN_SETTLE_STEPS BN_TRAIN_INFER_GAP judges epochs that end this far into the
+ *                phase (the running statistics restart catching up in each phase).
+ * STUCK_STEPS    NO_LEARNING: the loss at log(classes) over 3 epochs and this many
+ *                steps (epochs of one or two steps are too short to judge).
+ * RISE_STEPS     LR_DIVERGED: rises in 3 epochs and over this many steps (the loss
+ *                of a one-step epoch is one batch's, noisy enough to rise 3 times). */
+#define START_STEPS_SCRATCH 30
+#define START_STEPS_FINETUNE 10
+#define BN_SETTLE_STEPS 30
+#define STUCK_STEPS 30
+#define RISE_STEPS 10
 
-void diag_init(Diagnosis *d, int n_classes, int class_weighting, double imbalance)
+void diag_init(Diagnosis *d, const DiagJob *job)
 {
     memset(d, 0, sizeof *d);
-    d->n_classes = n_classes;
-    d->class_weighting = class_weighting;
-    d->imbalance = imbalance;
+    d->job = *job;
+    if (d->job.steps_per_epoch < 1)
+        d->job.steps_per_epoch = 1;
 }
 
 void diag_free(Diagnosis *d)
@@ -403,6 +408,126 @@ static int once(Diagnosis *d, const char *code)
     return 1;
 }
 
+/* The situation's fix: from random weights, or fine-tuning pretrained ones. */
+static const char *fix_for(const Diagnosis *d, const char *scratch, const char *finetune)
+{
+    return d->job.pretrained ? finetune : scratch;
+}
+
+/* The fix of a rule about small classes, in buf: weight the classes (unless the
+ * job does already) and `measure`, then the situation's own step. */
+static const char *class_fix(const Diagnosis *d, char *buf, size_t len, const char *measure,
+                             const char *scratch, const char *finetune)
+{
+    snprintf(buf, len, "%s%s; %s",
+             d->job.class_weighting ? "The classes are already weighted: "
+                                    : "Use \"class_weight\": \"balanced\" and ",
+             measure, fix_for(d, scratch, finetune));
+    return buf;
+}
+
+int diag_phase(Diagnosis *d, int phase, const char *phase_name, int bn_batch_stats_layers,
+               int bn_frozen_random_layers, int batch_size, int epoch, DiagSink sink,
+               void *ctx)
+{
+    int found = 0;
+    char msg[512];
+    if (bn_frozen_random_layers > 0 && once(d, "BN_FROZEN_RANDOM")) {
+        snprintf(msg, sizeof msg, "phase %d (\"%s\") trains %d BatchNorm layers that were "
+                 "initialised randomly (not loaded from the weights file) with \"bn\": "
+                 "\"frozen\": they normalise with running mean 0 and variance 1, which never "
+                 "update, so these layers do not normalise at all", phase + 1, phase_name,
+                 bn_frozen_random_layers);
+        emit(sink, ctx, "BN_FROZEN_RANDOM", epoch,
+             fix_for(d, "Drop \"bn\": \"frozen\" from this phase or set \"bn\": \"train\": "
+                     "from random weights BN has to learn its statistics, and the default "
+                     "(\"auto\") trains BN of every layer that was not loaded from a file.",
+                     "Drop \"bn\": \"frozen\" from this phase: the default (\"auto\") keeps "
+                     "BN of the pretrained layers loaded from the file frozen and trains it "
+                     "in the layers that were not loaded, such as a new head's (\"bn\": "
+                     "\"train\" would put the pretrained layers' BN in train mode too)."),
+             msg, "{\"phase\": %d, \"bn_frozen_random_layers\": %d}", phase,
+             bn_frozen_random_layers);
+        found++;
+    }
+    if (bn_batch_stats_layers > 0 && batch_size < 16 && once(d, "BN_SMALL_BATCH")) {
+        snprintf(msg, sizeof msg, "phase %d (\"%s\") trains %d BatchNorm layers in train mode "
+                 "with batches of %d: their statistics are noisy and the running averages "
+                 "drift from what inference sees", phase + 1, phase_name,
+                 bn_batch_stats_layers, batch_size);
+        emit(sink, ctx, "BN_SMALL_BATCH", epoch,
+             fix_for(d, "Use batches of 16 or more: from random weights BN has to run in "
+                     "train mode (frozen, its statistics would stay 0 and 1), so the batch "
+                     "size is what to change.",
+                     "Keep BN of the pretrained layers frozen (the default \"bn\": \"auto\" "
+                     "does, \"train\" does not), or use batches of 16 or more."),
+             msg, "{\"phase\": %d, \"bn_layers_in_train_mode\": %d, \"batch_size\": %d}", phase,
+             bn_batch_stats_layers, batch_size);
+        found++;
+    }
+    return found;
+}
+
+/* The epoch ends at least `steps` optimizer steps into the job (phase). */
+static int job_steps_past(const Diagnosis *d, const EpochSummary *e, int steps)
+{
+    return (int64_t)(e->epoch + 1) * d->job.steps_per_epoch >= steps;
+}
+
+static int phase_steps_past(const Diagnosis *d, const EpochSummary *e, int steps)
+{
+    return (int64_t)(e->phase_epoch + 1) * d->job.steps_per_epoch >= steps;
+}
+
+typedef int (*EpochCondition)(const Diagnosis *d, const EpochSummary *e);
+
+/* The condition held on each of the last `epochs` epochs (consecutive ones), all
+ * past the start of the job: what a symptom that is normal early in a run needs
+ * before it is reported. */
+static int persisted(const Diagnosis *d, EpochCondition cond, int epochs)
+{
+    const int start = d->job.pretrained ? START_STEPS_FINETUNE : START_STEPS_SCRATCH;
+    if (d->n < epochs)
+        return 0;
+    for (int i = d->n - epochs; i < d->n; i++) {
+        const EpochSummary *e = &d->hist[i];
+        if (!cond(d, e) || !job_steps_past(d, e, start) ||
+            (i > d->n - epochs && e->epoch != d->hist[i - 1].epoch + 1))
+            return 0;
+    }
+    return 1;
+}
+
+/* (each rule's condition on one epoch; the thresholds are in docs/diagnosis.md) */
+static int train_far_above_val(const Diagnosis *d, const EpochSummary *e)
+{
+    (void)d;
+    return e->train_acc - e->val_acc > 0.25;
+}
+
+static int accuracy_at_majority(const Diagnosis *d, const EpochSummary *e)
+{
+    return e->majority_share >= 1.0 / d->job.n_classes + 0.15 &&
+           fabs(e->val_acc - e->majority_share) < 0.03;
+}
+
+static int predictions_collapsed(const Diagnosis *d, const EpochSummary *e)
+{
+    return d->job.n_classes >= 2 && e->top_pred_share > 0.8 && e->top_pred_support_share < 0.6;
+}
+
+static int balanced_far_below(const Diagnosis *d, const EpochSummary *e)
+{
+    (void)d;
+    return isfinite(e->val_balanced_acc) && e->val_acc - e->val_balanced_acc > 0.15;
+}
+
+static int bn_modes_disagree(const EpochSummary *e)
+{
+    return isfinite(e->bn_train_loss) && isfinite(e->bn_infer_loss) &&
+           fabs(e->bn_infer_loss - e->bn_train_loss) > fmax(0.2, 0.5 * e->bn_train_loss);
+}
+
 int diag_epoch(Diagnosis *d, const EpochSummary *e, DiagSink sink, void *ctx)
 {
     if (d->n == d->cap) {
@@ -415,24 +540,33 @@ int diag_epoch(Diagnosis *d, const EpochSummary *e, DiagSink sink, void *ctx)
     }
     d->hist[d->n++] = *e;
     const EpochSummary *h = d->hist;
-    const int n = d->n, k = d->n_classes;
+    const int n = d->n, k = d->job.n_classes, spe = d->job.steps_per_epoch;
     const double logk = log((double)k);
+    /* the previous epoch when it is the one before this in the same phase */
+    const EpochSummary *prev_in_phase =
+        n >= 2 && h[n - 2].phase == e->phase && h[n - 2].phase_epoch == e->phase_epoch - 1
+            ? &h[n - 2] : NULL;
     int found = 0;
-    char msg[512];
+    char msg[512], fix[512];
 
-    /* divergence: not a number, a rise in each of the last 3 epochs of the phase, or
-     * trainable weights that moved more than 20 times their initial norm. The last
-     * catches a blow-up whose loss stays finite (1e3 .. 1e28) and jumps around instead
-     * of rising steadily (SGD lr 10, Adam lr 5): such runs move their weights 95 to
-     * 1e7 times their norm within the first epoch, while training that works moves
-     * a new head by < 1 and pretrained stages by a few percent. */
+    /* divergence: not a number, a rise in each of the last 3 epochs of the phase
+     * (more epochs when 3 are under RISE_STEPS steps), or trainable weights that
+     * moved more than 20 times their initial norm. The last catches a blow-up whose
+     * loss stays finite (1e3 .. 1e28) and jumps around instead of rising steadily
+     * (SGD lr 10, Adam lr 5): such runs move their weights 95 to 1e7 times their
+     * norm within the first epoch, while training that works moves a new head by
+     * < 1 and pretrained stages by a few percent. None of these is an early
+     * transient, so none waits. */
     static const char *const stage_names[DIAG_STAGES] = {"conv1", "conv2", "conv3", "conv4",
                                                          "conv5", "head"};
+    const int rise_epochs = 3 > (RISE_STEPS + spe - 1) / spe ? 3 : (RISE_STEPS + spe - 1) / spe;
+    int rises = 0;
+    for (int i = n - 1; i >= 1 && h[i - 1].phase == e->phase &&
+                        h[i].train_loss > h[i - 1].train_loss * 1.05; i--)
+        rises++;
     /* (a rise among losses far below log(classes), a model that already fits, is
      * noise around zero, not divergence) */
-    int rising = n >= 4 && h[n - 4].phase == e->phase && e->train_loss > 0.1 * logk;
-    for (int i = n - 3; rising && i < n; i++)
-        rising = h[i].train_loss > h[i - 1].train_loss * 1.05;
+    const int rising = rises >= rise_epochs && e->train_loss > 0.1 * logk;
     double blown = 0;
     int blown_stage = -1;
     for (int s = 0; s < DIAG_STAGES; s++)
@@ -451,23 +585,30 @@ int diag_epoch(Diagnosis *d, const EpochSummary *e, DiagSink sink, void *ctx)
                      "norm (train loss %.4g): the updates blew the weights up", e->epoch + 1,
                      stage_names[blown_stage], blown, e->train_loss);
         else
-            snprintf(msg, sizeof msg, "the train loss rose in each of the last 3 epochs "
-                     "(%.4g -> %.4g -> %.4g -> %.4g): the learning rate is too high",
-                     h[n - 4].train_loss, h[n - 3].train_loss, h[n - 2].train_loss,
-                     e->train_loss);
+            snprintf(msg, sizeof msg, "the train loss rose by more than 5%% in each of the last "
+                     "%d epochs (%d steps; %.4g -> %.4g -> %.4g -> %.4g at the end): the "
+                     "learning rate is too high", rises, rises * spe, h[n - 4].train_loss,
+                     h[n - 3].train_loss, h[n - 2].train_loss, e->train_loss);
         emit(sink, ctx, "LR_DIVERGED", e->epoch,
-             "Lower the phase's learning rate (10x is a good first step), or add a warmup.",
+             fix_for(d, "Lower the phase's learning rate (10x is a good first step) or add a "
+                     "warmup (\"lr_schedule\": {\"warmup_epochs\": 1}); from random weights, "
+                     "Adam at about 1e-3 with BN in train mode is a usual start.",
+                     "Lower the phase's learning rate (10x is a good first step) or add a "
+                     "warmup; a new head trains well at about Adam 1e-3, and unfrozen "
+                     "pretrained layers want 10-100x less (Adam 1e-5, SGD 1e-4)."),
              msg, "{\"epoch\": %d, \"train_loss\": %s, \"val_loss\": %s, \"previous\": [%s, %s, "
-             "%s], \"max_relative_weight_change\": %s}", e->epoch, num(e->train_loss),
-             num(e->val_loss), num(n >= 4 ? h[n - 4].train_loss : NAN),
+             "%s], \"rising_epochs\": %d, \"max_relative_weight_change\": %s}", e->epoch,
+             num(e->train_loss), num(e->val_loss), num(n >= 4 ? h[n - 4].train_loss : NAN),
              num(n >= 3 ? h[n - 3].train_loss : NAN), num(n >= 2 ? h[n - 2].train_loss : NAN),
-             num(blown));
+             rises, num(blown));
         found++;
     }
 
-    /* unfreezing at too high a rate: the first epoch of a phase that trains stages the
-     * previous one did not, val drops, and those stages moved a lot */
-    if (n >= 2 && e->phase_epoch == 0 && h[n - 2].phase != e->phase) {
+    /* unfreezing pretrained layers at too high a rate: the first epoch of a phase
+     * that trains stages the previous one did not, val drops, and those stages
+     * moved a lot. It does not wait: the moved weights do not come back, even when
+     * val recovers. From random weights there is nothing pretrained to destroy. */
+    if (d->job.pretrained && n >= 2 && e->phase_epoch == 0 && h[n - 2].phase != e->phase) {
         const EpochSummary *p = &h[n - 2];
         double moved = 0;
         int newly = 0;
@@ -486,7 +627,8 @@ int diag_epoch(Diagnosis *d, const EpochSummary *e, DiagSink sink, void *ctx)
                      "features", p->val_acc, e->val_acc, 100 * moved);
             emit(sink, ctx, "LR_DESTROYS_PRETRAINED", e->epoch,
                  "Unfreeze with a learning rate 10-100x below the head phase's (e.g. SGD 1e-4 "
-                 "or Adam 1e-5), keep BN frozen, and consider a warmup.",
+                 "or Adam 1e-5), keep BN of the pretrained layers frozen (the default), and "
+                 "consider a warmup.",
                  msg, "{\"val_acc_before\": %s, \"val_acc_after\": %s, \"val_loss_before\": %s,"
                  " \"val_loss_after\": %s, \"max_relative_weight_change\": %s}",
                  num(p->val_acc), num(e->val_acc), num(p->val_loss), num(e->val_loss),
@@ -496,7 +638,8 @@ int diag_epoch(Diagnosis *d, const EpochSummary *e, DiagSink sink, void *ctx)
     }
 
     /* a plateau with tiny updates: 3 epochs of this phase, loss within 1%, the
-     * trainable stages' weights moving less than 1e-4 of their norm per epoch */
+     * trainable stages' weights moving less than 1e-4 of their norm per epoch (a
+     * rate that is too low is too low from its first step: no wait) */
     if (n >= 3 && h[n - 3].phase == e->phase && isfinite(e->train_loss)) {
         double lo = INFINITY, hi = -INFINITY, step = 0;
         for (int i = n - 3; i < n; i++) {
@@ -512,99 +655,142 @@ int diag_epoch(Diagnosis *d, const EpochSummary *e, DiagSink sink, void *ctx)
                      "epoch: the learning rate is too low to make progress",
                      100 * (hi - lo) / hi, lo, hi, step);
             emit(sink, ctx, "LR_TOO_LOW", e->epoch,
-                 "Raise the learning rate (3-10x), or check that the optimizer is the intended "
-                 "one.",
+                 fix_for(d, "Raise the learning rate 3-10x (from random weights, Adam at about "
+                         "1e-3 is a usual start), or check that the optimizer is the intended "
+                         "one.",
+                         "Raise the learning rate 3-10x (a new head: about Adam 1e-3; unfrozen "
+                         "pretrained layers: about Adam 1e-5 or SGD 1e-4), or check that the "
+                         "optimizer is the intended one."),
                  msg, "{\"train_loss_min\": %s, \"train_loss_max\": %s, "
                  "\"weight_change_per_epoch\": %s}", num(lo), num(hi), num(step));
             found++;
         }
     }
 
-    /* overfitting: train accuracy 0.25 above val and val loss up two epochs running */
-    if (n >= 3 && e->train_acc - e->val_acc > 0.25 && e->val_loss > h[n - 2].val_loss &&
-        h[n - 2].val_loss > h[n - 3].val_loss && once(d, "OVERFITTING")) {
+    /* overfitting: val loss up two epochs running while train accuracy stayed 0.25
+     * above val, both epochs past the start of the job */
+    if (n >= 3 && e->val_loss > h[n - 2].val_loss && h[n - 2].val_loss > h[n - 3].val_loss &&
+        persisted(d, train_far_above_val, 2) && once(d, "OVERFITTING")) {
         double best = INFINITY;
         for (int i = 0; i < n; i++)
             best = fmin(best, h[i].val_loss);
-        snprintf(msg, sizeof msg, "train accuracy %.3f against val %.3f, and val loss rose two "
-                 "epochs running to %.4g (best %.4g): the model memorises the train split",
-                 e->train_acc, e->val_acc, e->val_loss, best);
+        snprintf(msg, sizeof msg, "train accuracy %.3f against val %.3f (%.3f against %.3f the "
+                 "epoch before), and val loss rose two epochs running to %.4g (best %.4g): the "
+                 "model memorises the train split", e->train_acc, e->val_acc,
+                 h[n - 2].train_acc, h[n - 2].val_acc, e->val_loss, best);
         emit(sink, ctx, "OVERFITTING", e->epoch,
-             "Use early stopping with restore_best, augmentation (hflip, random_resized_crop), "
-             "dropout in the head, or train fewer layers.",
-             msg, "{\"train_acc\": %s, \"val_acc\": %s, \"val_loss\": %s, \"best_val_loss\": %s}",
-             num(e->train_acc), num(e->val_acc), num(e->val_loss), num(best));
+             fix_for(d, "From random weights ResNet50's 23.5 million weights memorise a small "
+                     "dataset: start from pretrained weights if any suit these images; "
+                     "otherwise add augmentation (hflip, random_resized_crop) and use early "
+                     "stopping with restore_best.",
+                     "Train fewer pretrained layers (keep more of the backbone frozen), add "
+                     "augmentation (hflip, random_resized_crop) or dropout in the head, and use "
+                     "early stopping with restore_best."),
+             msg, "{\"train_acc\": %s, \"val_acc\": %s, \"val_loss\": %s, \"best_val_loss\": %s, "
+             "\"previous_train_acc\": %s, \"previous_val_acc\": %s}",
+             num(e->train_acc), num(e->val_acc), num(e->val_loss), num(best),
+             num(h[n - 2].train_acc), num(h[n - 2].val_acc));
         found++;
     }
 
-    /* no learning: the loss of uniform guessing, three epochs in a row */
-    if (n >= 3 && k >= 2) {
-        int stuck = 1;
-        for (int i = n - 3; i < n && stuck; i++)
-            stuck = isfinite(h[i].train_loss) && fabs(h[i].train_loss - logk) < 0.05 * logk;
-        if (stuck && once(d, "NO_LEARNING")) {
-            snprintf(msg, sizeof msg, "the train loss has been %.4g, %.4g, %.4g: log(%d classes) "
-                     "= %.4g is what guessing uniformly scores, so nothing is being learned",
-                     h[n - 3].train_loss, h[n - 2].train_loss, e->train_loss, k, logk);
-            emit(sink, ctx, "NO_LEARNING", e->epoch,
-                 "Check the labels and the inputs (run with \"preflight\": {\"overfit_batch\": "
-                 "true}), that something is trainable, and the learning rate.",
-                 msg, "{\"train_loss\": %s, \"log_classes\": %s, \"classes\": %d}",
-                 num(e->train_loss), num(logk), k);
-            found++;
-        }
+    /* no learning: the loss of uniform guessing over the last 3 epochs or more, at
+     * least STUCK_STEPS steps */
+    int stuck = 0;
+    for (int i = n - 1; k >= 2 && i >= 0 && isfinite(h[i].train_loss) &&
+                        fabs(h[i].train_loss - logk) < 0.05 * logk; i--)
+        stuck++;
+    if (stuck >= 3 && (int64_t)stuck * spe >= STUCK_STEPS && once(d, "NO_LEARNING")) {
+        snprintf(msg, sizeof msg, "the train loss has stayed within 5%% of log(%d classes) = "
+                 "%.4g for %d epochs (%d steps), lately %.4g, %.4g, %.4g: that is what "
+                 "guessing uniformly scores, so nothing is being learned", k, logk, stuck,
+                 stuck * spe, h[n - 3].train_loss, h[n - 2].train_loss, e->train_loss);
+        emit(sink, ctx, "NO_LEARNING", e->epoch,
+             fix_for(d, "Check the labels and the inputs (run with \"preflight\": "
+                     "{\"overfit_batch\": true}), that BN of the random layers trains (no "
+                     "\"bn\": \"frozen\"), and the learning rate (from random weights, Adam at "
+                     "about 1e-3).",
+                     "Check the labels and the inputs (run with \"preflight\": "
+                     "{\"overfit_batch\": true}), that the preprocessing is the weights' own "
+                     "(\"auto\"), that \"train\" selects something, and the learning rate."),
+             msg, "{\"train_loss\": %s, \"log_classes\": %s, \"classes\": %d, \"epochs\": %d, "
+             "\"steps\": %d}", num(e->train_loss), num(logk), k, stuck, stuck * spe);
+        found++;
     }
 
-    /* accuracy that is just the majority share */
-    if (e->majority_share >= 1.0 / k + 0.15 && fabs(e->val_acc - e->majority_share) < 0.03 &&
-        once(d, "ACCURACY_IS_MAJORITY")) {
-        snprintf(msg, sizeof msg, "val accuracy %.3f is the largest class's share of val "
-                 "(%.3f): always answering that class scores the same", e->val_acc,
-                 e->majority_share);
+    /* accuracy that is just the majority share, on two epochs past the start */
+    if (persisted(d, accuracy_at_majority, 2) && once(d, "ACCURACY_IS_MAJORITY")) {
+        snprintf(msg, sizeof msg, "val accuracy %.3f (%.3f the epoch before) is the largest "
+                 "class's share of val (%.3f): always answering that class scores the same",
+                 e->val_acc, h[n - 2].val_acc, e->majority_share);
         emit(sink, ctx, "ACCURACY_IS_MAJORITY", e->epoch,
-             "Use \"class_weight\": \"balanced\" and judge by balanced accuracy.",
-             msg, "{\"val_acc\": %s, \"majority_share\": %s, \"balanced_acc\": %s}",
-             num(e->val_acc), num(e->majority_share), num(e->val_balanced_acc));
+             class_fix(d, fix, sizeof fix, "judge by balanced accuracy",
+                       "from random weights a small dataset teaches little beyond the class "
+                       "frequencies, so start from pretrained weights if any suit these images.",
+                       "if the head alone cannot separate the classes, unfreeze the last stage "
+                       "(\"stage:5\") at a low rate."),
+             msg, "{\"val_acc\": %s, \"majority_share\": %s, \"balanced_acc\": %s, "
+             "\"previous_val_acc\": %s}", num(e->val_acc), num(e->majority_share),
+             num(e->val_balanced_acc), num(h[n - 2].val_acc));
         found++;
     }
 
-    /* predictions collapsing onto one class */
-    if (e->top_pred_share > 0.8 && e->top_pred_support_share < 0.6 && k >= 2 &&
-        once(d, "PREDICTIONS_COLLAPSE")) {
+    /* predictions collapsing onto one class, on two epochs past the start (the
+     * class may change between them: that is still a collapse) */
+    if (persisted(d, predictions_collapsed, 2) && once(d, "PREDICTIONS_COLLAPSE")) {
         snprintf(msg, sizeof msg, "%.0f%% of val predictions are class %d, which is %.0f%% of "
-                 "val labels", 100 * e->top_pred_share, e->top_pred_class,
-                 100 * e->top_pred_support_share);
+                 "val labels (the epoch before, %.0f%% were class %d)", 100 * e->top_pred_share,
+                 e->top_pred_class, 100 * e->top_pred_support_share,
+                 100 * h[n - 2].top_pred_share, h[n - 2].top_pred_class);
         emit(sink, ctx, "PREDICTIONS_COLLAPSE", e->epoch,
-             "Balance the classes (\"class_weight\": \"balanced\"), lower the learning rate, or "
-             "check the preprocessing.",
-             msg, "{\"class\": %d, \"prediction_share\": %s, \"label_share\": %s}",
-             e->top_pred_class, num(e->top_pred_share), num(e->top_pred_support_share));
+             fix_for(d, "Lower the learning rate, check the preprocessing, and balance the "
+                     "classes (\"class_weight\": \"balanced\"); from random weights, batches "
+                     "of 16 or more steady BN's statistics.",
+                     "Lower the head's learning rate, check that the preprocessing is the "
+                     "weights' own (\"auto\"), and balance the classes (\"class_weight\": "
+                     "\"balanced\")."),
+             msg, "{\"class\": %d, \"prediction_share\": %s, \"label_share\": %s, "
+             "\"previous_class\": %d, \"previous_prediction_share\": %s}",
+             e->top_pred_class, num(e->top_pred_share), num(e->top_pred_support_share),
+             h[n - 2].top_pred_class, num(h[n - 2].top_pred_share));
         found++;
     }
 
-    if (isfinite(e->val_balanced_acc) && e->val_acc - e->val_balanced_acc > 0.15 &&
-        once(d, "BALANCED_GAP")) {
-        snprintf(msg, sizeof msg, "val accuracy %.3f but balanced accuracy %.3f: the small "
-                 "classes are mostly wrong", e->val_acc, e->val_balanced_acc);
+    if (persisted(d, balanced_far_below, 2) && once(d, "BALANCED_GAP")) {
+        snprintf(msg, sizeof msg, "val accuracy %.3f but balanced accuracy %.3f (%.3f and %.3f "
+                 "the epoch before): the small classes are mostly wrong", e->val_acc,
+                 e->val_balanced_acc, h[n - 2].val_acc, h[n - 2].val_balanced_acc);
         emit(sink, ctx, "BALANCED_GAP", e->epoch,
-             "Use \"class_weight\": \"balanced\"; look at per-class recall "
-             "(/api/jobs/ID/classes).",
-             msg, "{\"val_acc\": %s, \"balanced_acc\": %s}", num(e->val_acc),
-             num(e->val_balanced_acc));
+             class_fix(d, fix, sizeof fix, "look at per-class recall (/api/jobs/ID/classes)",
+                       "from random weights the small classes may have too few images to "
+                       "learn from, so start from pretrained weights if any suit them.",
+                       "a head on pretrained features learns a small class from few images, "
+                       "so a few more of them, or augmentation, help most."),
+             msg, "{\"val_acc\": %s, \"balanced_acc\": %s, \"previous_val_acc\": %s, "
+             "\"previous_balanced_acc\": %s}", num(e->val_acc), num(e->val_balanced_acc),
+             num(h[n - 2].val_acc), num(h[n - 2].val_balanced_acc));
         found++;
     }
 
-    if (isfinite(e->bn_train_loss) && isfinite(e->bn_infer_loss) &&
-        fabs(e->bn_infer_loss - e->bn_train_loss) > fmax(0.2, 0.5 * e->bn_train_loss) &&
-        once(d, "BN_TRAIN_INFER_GAP")) {
+    /* the BN gap on two consecutive epochs of the phase, both BN_SETTLE_STEPS into it */
+    if (prev_in_phase && bn_modes_disagree(prev_in_phase) && bn_modes_disagree(e) &&
+        phase_steps_past(d, prev_in_phase, BN_SETTLE_STEPS) && once(d, "BN_TRAIN_INFER_GAP")) {
         snprintf(msg, sizeof msg, "one fixed batch scores loss %.4g with BatchNorm in train mode "
-                 "and %.4g in inference mode: the running statistics do not match the batches, "
-                 "so validation sees a different network", e->bn_train_loss, e->bn_infer_loss);
+                 "and %.4g in inference mode (%.4g and %.4g the epoch before), %d steps into "
+                 "the phase: the running statistics do not match the batches, so validation "
+                 "sees a different network", e->bn_train_loss, e->bn_infer_loss,
+                 prev_in_phase->bn_train_loss, prev_in_phase->bn_infer_loss,
+                 (e->phase_epoch + 1) * spe);
         emit(sink, ctx, "BN_TRAIN_INFER_GAP", e->epoch,
-             "Keep BN frozen (\"bn\": \"frozen\") when fine-tuning pretrained layers, or use "
-             "larger batches.",
-             msg, "{\"train_mode_loss\": %s, \"inference_mode_loss\": %s}",
-             num(e->bn_train_loss), num(e->bn_infer_loss));
+             fix_for(d, "Use batches of 16 or more: from random weights BN has to train (do "
+                     "not freeze it), so larger batches are what bring its running statistics "
+                     "in line with the batches'.",
+                     "Keep BN of the pretrained layers frozen (the default \"bn\": \"auto\"; "
+                     "not \"train\"), or use batches of 16 or more."),
+             msg, "{\"train_mode_loss\": %s, \"inference_mode_loss\": %s, "
+             "\"previous_train_mode_loss\": %s, \"previous_inference_mode_loss\": %s, "
+             "\"phase_steps\": %d}", num(e->bn_train_loss), num(e->bn_infer_loss),
+             num(prev_in_phase->bn_train_loss), num(prev_in_phase->bn_infer_loss),
+             (e->phase_epoch + 1) * spe);
         found++;
     }
     return found;

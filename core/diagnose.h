@@ -3,15 +3,20 @@
  *
  * One table of rules (diag_rules): each has a stable code, a severity, the stage
  * it runs at and a one-line summary; docs/diagnosis.md explains every rule, its
- * threshold and why. Rules run at three stages:
+ * threshold and why. Rules run at four stages:
  *   dataset    when a dataset is scanned (registration, and each job's scan)
  *   preflight  before a job's first epoch: the preprocessing against the
  *              weights, the tensors actually fed to the model, the original
- *              head on the user's images, BatchNorm and batch size, resolution
+ *              head on the user's images, class weighting, resolution
+ *   phase      when a phase starts: its BatchNorm modes and the batch size
  *   epoch      after every epoch, over the job's history so far
  * A finding carries a message, its evidence as a JSON object of numbers, and a
- * suggested fix. Each code is raised at most once per job (the first time its
- * condition holds), so a finding is an event, not a stream of repeats.
+ * suggested fix for the job's situation (from random weights or fine-tuning
+ * pretrained ones). Each code is raised at most once per job (the first time its
+ * condition holds), so a finding is an event, not a stream of repeats. Epoch
+ * rules about symptoms that are normal early in a run (predictions on one
+ * class, a BN train/inference gap, a loss still at log(classes)) wait until the
+ * condition has held on consecutive epochs past the run's first optimizer steps.
  */
 #ifndef RESNETD_DIAGNOSE_H
 #define RESNETD_DIAGNOSE_H
@@ -35,7 +40,7 @@ typedef struct {
 typedef struct {
     const char *code;
     DiagSeverity severity;
-    const char *stage;      /* "dataset", "preflight" or "epoch" */
+    const char *stage;      /* "dataset", "preflight", "phase" or "epoch" */
     const char *summary;
 } DiagRule;
 
@@ -76,14 +81,13 @@ typedef struct {
 
 int diag_preflight(const PreflightInput *in, DiagSink sink, void *ctx);
 
-/* A phase starts: trainable BN with a small batch. */
-int diag_phase(int phase, const char *phase_name, int bn_batch_stats_layers, int batch_size,
-               int epoch, DiagSink sink, void *ctx);
-
-/* ---- epochs ----------------------------------------------------------- */
+/* ---- phases and epochs ------------------------------------------------ */
 
 #define DIAG_STAGES 6 /* as TRAIN_STAGES: conv1, conv2..conv5, head */
 
+/* One finished epoch. epoch counts from the job's start and phase_epoch from the
+ * phase's (both 0-based, both kept by a resumed job), so the rules know how many
+ * optimizer steps the job and the phase have taken by its end. */
 typedef struct {
     int epoch, phase, phase_epoch;
     double train_loss, train_acc, val_loss, val_acc, val_balanced_acc;
@@ -98,18 +102,37 @@ typedef struct {
     double bn_train_loss, bn_infer_loss;
 } EpochSummary;
 
+/* What the phase and epoch rules know about the job. */
 typedef struct {
     int n_classes;
-    int class_weighting;
+    int class_weighting;       /* the job weights classes (balanced or a map) */
     double imbalance;          /* train split: largest / smallest class */
+    int pretrained;            /* started from a weights file (1) or "random" (0): picks
+                                * each fix, and how long a from-scratch start may look bad */
+    int steps_per_epoch;       /* optimizer steps in a full epoch; values < 1 count as 1 */
+} DiagJob;
+
+typedef struct {
+    DiagJob job;
     int n;                     /* epochs so far */
     int cap;
     EpochSummary *hist;
     unsigned char raised[64];  /* by rule index: raised already */
 } Diagnosis;
 
-void diag_init(Diagnosis *d, int n_classes, int class_weighting, double imbalance);
+/* job is copied. A Diagnosis is used by one thread at a time. */
+void diag_init(Diagnosis *d, const DiagJob *job);
 void diag_free(Diagnosis *d);
+
+/* A phase starts (before its first epoch, which is `epoch` of the job):
+ * BN_SMALL_BATCH when bn_batch_stats_layers BN layers use batch statistics with
+ * batches under 16; BN_FROZEN_RANDOM when bn_frozen_random_layers trainable BN
+ * layers that were not loaded from the weights file run in inference mode (an
+ * explicit "bn": "frozen": their running statistics 0 and 1 never change).
+ * Returns the number of findings (each code once per job, as the epoch rules). */
+int diag_phase(Diagnosis *d, int phase, const char *phase_name, int bn_batch_stats_layers,
+               int bn_frozen_random_layers, int batch_size, int epoch, DiagSink sink,
+               void *ctx);
 
 /* Adds the epoch to the history and runs the epoch rules. */
 int diag_epoch(Diagnosis *d, const EpochSummary *e, DiagSink sink, void *ctx);
