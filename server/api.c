@@ -33,6 +33,7 @@
 #include "diagnose.h"
 #include "image.h"
 #include "jobspec.h"
+#include "jsontext.h"
 #include "log.h"
 #include "predict.h"
 #include "resnet.h"
@@ -42,6 +43,8 @@
 
 #define RESNETD_VERSION "0.1.0"
 #define JSON_MAX_DEPTH 32
+/* what curl -d sends without -H */
+#define FORM_URLENCODED "application/x-www-form-urlencoded"
 #define PREDICT_MAX_BYTES ((size_t)64 << 20)
 #define SSE_KEEPALIVE_MS 15000
 
@@ -81,6 +84,7 @@ typedef struct {
     int form_write_error;
     struct MHD_Response *early;  /* decided before the body: sent at the end */
     unsigned early_status;
+    int json_as_form;            /* JSON sent as application/x-www-form-urlencoded */
 } Req;
 
 static double now_s(void)
@@ -110,7 +114,7 @@ static void close_thread_store(void *s)
 
 static struct MHD_Response *json_response(json_t *body)
 {
-    char *text = json_dumps(body, JSON_COMPACT | JSON_ENSURE_ASCII);
+    char *text = jsontext_dumps(body, JSON_COMPACT | JSON_ENSURE_ASCII);
     json_decref(body);
     if (!text)
         text = strdup("{\"error\": {\"code\": \"internal\", \"message\": \"out of memory\"}}");
@@ -236,10 +240,26 @@ static int json_depth(const char *s, size_t len)
     return max;
 }
 
+/* Does text begin, after JSON whitespace, with '{'? */
+static int starts_object(const char *text, size_t len)
+{
+    size_t i = 0;
+    while (i < len && (text[i] == ' ' || text[i] == '\t' || text[i] == '\n' || text[i] == '\r'))
+        i++;
+    return i < len && text[i] == '{';
+}
+
 /* Parses the request body as a JSON object, or answers 400 (returns NULL and
- * sets *rc). */
+ * sets *rc). A body sent as a form (curl -d without -H) is taken as JSON when it
+ * is an object: one that does not start as one is a real form, 415. */
 static json_t *body_object(struct MHD_Connection *c, Req *q, enum MHD_Result *rc)
 {
+    if (q->json_as_form && !starts_object(q->buf ? q->buf : "", q->len)) {
+        *rc = SEND_ERROR(c, q, 415, NULL, "Content-Type '" FORM_URLENCODED "': the body is a "
+                         "form, not a JSON object; send a JSON object, best with "
+                         "'Content-Type: application/json' (curl --json '{...}')");
+        return NULL;
+    }
     if (json_depth(q->buf ? q->buf : "", q->len) > JSON_MAX_DEPTH) {
         *rc = SEND_ERROR(c, q, 400, NULL, "the JSON body nests deeper than %d levels",
                          JSON_MAX_DEPTH);
@@ -487,7 +507,7 @@ static enum MHD_Result register_dataset(struct MHD_Connection *c, Req *q, const 
                           err.msg);
     }
     json_t *report = dataset_report_json(&ds);
-    char *report_text = json_dumps(report, JSON_COMPACT);
+    char *report_text = jsontext_dumps(report, JSON_COMPACT);
     json_decref(report);
     int64_t id = 0;
     int rc = store_dataset_insert(st, name, ds.root, source, report_text ? report_text : "{}",
@@ -736,7 +756,7 @@ static enum MHD_Result post_job(struct MHD_Connection *c, Req *q)
         return SEND_ERROR(c, q, 503, NULL, "the queue is full (%d jobs waiting)",
                           a->cfg.max_jobs_queued);
     }
-    char *spec_text = json_dumps(body, JSON_COMPACT);
+    char *spec_text = jsontext_dumps(body, JSON_COMPACT);
     json_decref(body);
     int64_t id = 0;
     int irc = store_job_insert(st, spec.name[0] ? spec.name : "job", spec_text ? spec_text : "{}",
@@ -823,7 +843,7 @@ static enum MHD_Result post_cancel(struct MHD_Connection *c, Req *q, int64_t id)
     log_msg(LOG_LEVEL_INFO, "job %lld: cancelled while queued", (long long)id);
     json_t *ev = json_pack("{s:I, s:s, s:n}", "job", (json_int_t)id, "state", "cancelled",
                            "error");
-    char *text = json_dumps(ev, JSON_COMPACT);
+    char *text = jsontext_dumps(ev, JSON_COMPACT);
     if (text)
         events_publish(a->cfg.events, id, "state", text, 1);
     free(text);
@@ -978,7 +998,7 @@ static enum MHD_Result get_events(struct MHD_Connection *c, Req *q, int64_t id)
     const char *state = json_string_value(json_object_get(j, "state"));
     json_t *ev = json_pack("{s:I, s:s, s:O}", "job", (json_int_t)id, "state", state, "error",
                            json_object_get(j, "error"));
-    char *text = json_dumps(ev, JSON_COMPACT);
+    char *text = jsontext_dumps(ev, JSON_COMPACT);
     json_decref(ev);
     size_t len = (text ? strlen(text) : 0) + 64;
     s->pending = malloc(len);
@@ -1328,7 +1348,11 @@ static void begin(struct MHD_Connection *c, Req *q)
     int is_datasets = n == 1 && !strcmp(seg[0], "datasets");
     int is_predict = n == 3 && !strcmp(seg[0], "jobs") && !strcmp(seg[2], "predict");
     int is_form = !strcmp(ctype, "multipart/form-data");
-    if (is_datasets && strcmp(ctype, "application/json")) {
+    /* curl -d sends JSON as a form unless told otherwise; whether such a body is
+     * JSON is known once it has arrived (body_object) */
+    q->json_as_form = !strcmp(ctype, FORM_URLENCODED);
+    int is_json = !strcmp(ctype, "application/json") || q->json_as_form;
+    if (is_datasets && !is_json) {
         if (!is_form && !is_archive_type(ctype)) {
             q->early_status = 415;
             q->early = error_response(415, NULL, "Content-Type '%s': send JSON (a server "
@@ -1353,8 +1377,7 @@ static void begin(struct MHD_Connection *c, Req *q)
         }
         q->limit = PREDICT_MAX_BYTES;
         q->body_kind = is_form ? BODY_FORM : BODY_MEMORY;
-    } else if (ctype[0] && strcmp(ctype, "application/json") &&
-               !(n == 3 && !strcmp(seg[2], "cancel"))) {
+    } else if (ctype[0] && !is_json && !(n == 3 && !strcmp(seg[2], "cancel"))) {
         q->early_status = 415;
         q->early = error_response(415, NULL, "Content-Type '%s': send application/json", ctype);
         return;

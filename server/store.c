@@ -12,6 +12,8 @@
 #include <jansson.h>
 #include <sqlite3.h>
 
+#include "jsontext.h"
+
 struct Store {
     sqlite3 *db;
     char path[1024];
@@ -271,7 +273,7 @@ static void bind_real(sqlite3_stmt *st, int i, double v)
 
 static void bind_json(sqlite3_stmt *st, int i, json_t *j)
 {
-    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    char *text = jsontext_dumps(j, JSON_COMPACT);
     if (text)
         sqlite3_bind_text(st, i, text, -1, free);
     else

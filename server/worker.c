@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "jobspec.h"
+#include "jsontext.h"
 #include "log.h"
 #include "store.h"
 #include "train.h"
@@ -62,7 +63,7 @@ static void publish_state(Worker *w, int64_t job, const char *state, const char 
 {
     json_t *j = json_pack("{s:I, s:s, s:s?}", "job", (json_int_t)job, "state", state,
                           "error", error);
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = jsontext_dumps(j, JSON_COMPACT);
     if (text)
         events_publish(w->cfg.events, job, "state", text, final);
     free(text);
@@ -114,7 +115,7 @@ static void on_step(void *ctx, int epoch, int step, int steps, double loss, floa
     json_t *j = json_pack("{s:I, s:i, s:i, s:i, s:o, s:f}", "job", (json_int_t)r->job,
                           "epoch", epoch, "step", step, "steps", steps, "loss",
                           isfinite(loss) ? json_real(loss) : json_null(), "lr", store_float(lr));
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = jsontext_dumps(j, JSON_COMPACT);
     if (text)
         events_publish(w->cfg.events, r->job, "step", text, 0);
     free(text);
@@ -142,7 +143,7 @@ static void on_epoch(void *ctx, const EpochReport *rep)
     if (!row)
         return;
     json_object_set_new(row, "job", json_integer(r->job));
-    char *text = json_dumps(row, JSON_COMPACT);
+    char *text = jsontext_dumps(row, JSON_COMPACT);
     if (text)
         events_publish(w->cfg.events, r->job, "epoch", text, 0);
     free(text);
@@ -162,7 +163,7 @@ static void on_finding(void *ctx, const Finding *f)
                           f->code, "severity", diag_severity_name(f->severity), "epoch",
                           f->epoch >= 0 ? json_integer(f->epoch) : json_null(), "message",
                           f->message, "fix", f->fix, "evidence", ev ? ev : json_object());
-    char *text = json_dumps(j, JSON_COMPACT);
+    char *text = jsontext_dumps(j, JSON_COMPACT);
     if (text)
         events_publish(r->w->cfg.events, r->job, "finding", text, 0);
     free(text);
@@ -230,7 +231,7 @@ static void run_job(Worker *w, int64_t job)
         return;
     }
     const int resuming = !strcmp(json_string_value(json_object_get(row, "state")), "running");
-    char *spec_text = json_dumps(json_object_get(row, "spec"), JSON_COMPACT);
+    char *spec_text = jsontext_dumps(json_object_get(row, "spec"), JSON_COMPACT);
     json_decref(row);
     pthread_mutex_lock(&w->mu);
     memset(&w->progress, 0, sizeof w->progress);

@@ -44,6 +44,11 @@ random-weights "all" epoch (BN training) followed by "head" epochs.
   --body-limit (declared or chunked), a wrong Content-Type, unknown routes, wrong
   methods (405 with Allow), non-numeric and unknown job ids; the daemon answers
   /api/health after each.
+- curl's defaults: a JSON object sent as application/x-www-form-urlencoded
+  (curl -d without -H) registers a dataset and submits a job; a real form, an
+  empty body or JSON that is not an object under that type is 415 with what to
+  send; application/json with parameters, any case, works. Numbers come back
+  as written (0.9, 1e-4 as 0.0001) in the answers and in the stored spec.
 - Auth (--token): POST and DELETE without or with a wrong token get 401 with
   WWW-Authenticate and change nothing; the right token works; reads need none.
 - Listening on 0.0.0.0 without a token refuses to start and says why; --insecure
@@ -60,6 +65,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import tarfile
@@ -512,7 +518,7 @@ class Basics(ApiCase):
 
     def test_wrong_content_type(self):
         body = json.dumps(job_spec()).encode()
-        for ctype in ("text/plain", "application/x-www-form-urlencoded", "image/png"):
+        for ctype in ("text/plain", "image/png", "multipart/form-data; boundary=x"):
             with self.subTest(ctype=ctype):
                 r = self.d.request("POST", "/api/jobs", body=body,
                                    headers={"Content-Type": ctype})
@@ -524,6 +530,88 @@ class Basics(ApiCase):
                            headers={"Content-Type": "Application/JSON; charset=utf-8"})
         self.assertError(r, 400, "bad_request")
         self.assertHealthy()
+
+    def test_curl_default_content_type(self):
+        """`curl -d '{...}'` without -H sends application/x-www-form-urlencoded: a
+        JSON object is taken as JSON; a real form (or other JSON) gets 415 saying
+        what to send; malformed JSON the usual 400."""
+        form = {"Content-Type": "application/x-www-form-urlencoded"}
+        r = self.d.request("POST", "/api/datasets", headers=form,
+                           body=json.dumps({"name": "curl-fm", "path": FM}).encode())
+        self.assertStatus(r, 201)
+        self.assertEqual(r.json()["name"], "curl-fm")
+        self.assertReport(r.json()["report"], FM)
+        spec = job_spec(scratch=1, head=0, name="curl-job")
+        r = self.d.request("POST", "/api/jobs", headers=form, body=json.dumps(spec).encode())
+        self.assertStatus(r, 201)
+        self.assertEqual(r.json()["spec"], spec)
+        self.assertEqual(self.d.get(r.headers["Location"]).json()["name"], "curl-job")
+        # what curl sends for -d @spec.json: the file as it is, newlines and all
+        r = self.d.request("POST", "/api/jobs", headers=form,
+                           body=("\n  " + json.dumps(spec, indent=2) + "\n").encode())
+        self.assertStatus(r, 201)
+        before = self.d.get("/api/jobs").json()["jobs"]
+        for path in ("/api/jobs", "/api/datasets"):
+            for body in (b"name=fm2&path=fm", b"a=1&b=2", b"", b"[1, 2]", b'"fm"'):
+                with self.subTest(path=path, body=body):
+                    e = self.assertError(self.d.request("POST", path, body=body, headers=form),
+                                         415, "unsupported_media_type")
+                    self.assertIn("not a JSON object", e["message"])
+                    self.assertIn("Content-Type: application/json", e["message"])
+            with self.subTest(path=path, body="malformed"):
+                self.assertError(self.d.request("POST", path, body=b'{"name": ', headers=form),
+                                 400, "bad_request")
+        self.assertEqual(self.d.get("/api/jobs").json()["jobs"], before)
+        # parameters and case of application/json
+        for ctype in ("application/json; charset=utf-8", "Application/JSON;Charset=UTF-8"):
+            with self.subTest(ctype=ctype):
+                r = self.d.request("POST", "/api/jobs", body=json.dumps(spec).encode(),
+                                   headers={"Content-Type": ctype})
+                self.assertStatus(r, 201)
+        # an archive is no JSON object (and one over body_limit is too large to
+        # be one); images keep their own types
+        r = self.d.request("POST", "/api/datasets?name=form-tgz", body=TGZ[:1000], headers=form)
+        self.assertError(r, 415, "unsupported_media_type")
+        r = self.d.request("POST", "/api/datasets?name=form-tgz", body=TGZ, headers=form)
+        self.assertError(r, 413, "too_large")
+        r = self.d.request("POST", "/api/jobs/1/predict", body=b"\x89PNG\r\n\x1a\n",
+                           headers=form)
+        self.assertError(r, 415, "unsupported_media_type")
+        self.assertEqual([d["name"] for d in self.d.get("/api/datasets").json()["datasets"]],
+                         ["fm", "curl-fm"])
+        self.assertHealthy()
+
+    def test_numbers_echo_as_written(self):
+        """The stored and echoed spec shows a number as the user wrote it (0.9, not
+        0.90000000000000002); 1e-4 in its shortest decimal form, 0.0001. Checked
+        on the raw text of the answers and of the stored spec."""
+        spec = job_spec(scratch=1, head=1, name="numbers")
+        spec["phases"][0]["optimizer"]["lr"] = 0.9
+        spec["phases"][1]["optimizer"]["lr"] = 0.123456789012345
+        text = json.dumps(spec).replace("0.123456789012345", "1e-4")
+        self.assertIn('"lr": 1e-4', text)
+        r = self.d.request("POST", "/api/jobs", body=text.encode(),
+                           headers={"Content-Type": "application/json"})
+        self.assertStatus(r, 201)
+        job_id = r.json()["id"]
+        answers = {"POST": r.body.decode(),
+                   "GET": self.d.get(f"/api/jobs/{job_id}").body.decode()}
+        with sqlite3.connect(os.path.join(self.d.data_dir, "resnetd.db")) as db:
+            answers["stored"] = db.execute("SELECT spec FROM jobs WHERE id = ?",
+                                           (job_id,)).fetchone()[0]
+        for where, raw in answers.items():
+            with self.subTest(where=where):
+                compact = raw.replace(" ", "")
+                self.assertIn('"lr":0.9}', compact)
+                self.assertIn('"lr":0.0001}', compact)
+                self.assertNotIn("0.9000000", compact)
+                self.assertNotIn("0.000100000", compact)
+        # 15 significant digits come back as written too
+        spec["phases"][1]["optimizer"]["lr"] = 0.123456789012345
+        r = self.d.post_json("/api/jobs", spec)
+        self.assertStatus(r, 201)
+        self.assertIn('"lr":0.123456789012345}', r.body.decode())
+        self.assertEqual(r.json()["spec"], spec)
 
     def test_unknown_routes(self):
         for path in ("/api/nope", "/api", "/api/", "/api/jobs/1/nope", "/api/health/x",
