@@ -48,7 +48,7 @@ static double epoch_rate(Loader *l, int epoch, Error *err)
 int main(int argc, char **argv)
 {
     Error err;
-    blas_select_kernel(argv, NULL);
+    blas_select_kernel(argv, BLAS_KERNEL_ENV, NULL);
     const char *data = NULL;
     int size = 64, batch = 32, train_steps = 8;
     for (int i = 1; i + 1 < argc; i += 2) {

@@ -26,7 +26,7 @@ static double now(void)
 int main(int argc, char **argv)
 {
     Error err;
-    if (blas_select_kernel(argv, &err))
+    if (blas_select_kernel(argv, BLAS_KERNEL_ENV, &err))
         fprintf(stderr, "bench: %s\n", err.msg);
     const char *mode = "train", *variant = "torchvision";
     int size = 224, batch = 16, steps = 5, warmup = 1, threads = 0;

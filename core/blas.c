@@ -7,10 +7,19 @@
 #include <string.h>
 #include <unistd.h>
 
+/* Set with OPENBLAS_CORETYPE, to the same kernel, before the re-exec. */
 #define REEXEC_MARK "RESNETD_BLAS_REEXEC"
 
-/* The best sgemm kernel this CPU can run, among those OpenBLAS 0.3.21 ships. */
-static const char *best_kernel_for_cpu(void)
+/* Is this process resnetd's re-exec? The mark names the kernel resnetd set, and
+ * OPENBLAS_CORETYPE still names it: a mark inherited by a process whose user then
+ * set another kernel does not count. */
+static int reexecuted(void)
+{
+    const char *mark = getenv(REEXEC_MARK), *set = getenv("OPENBLAS_CORETYPE");
+    return mark && set && !strcasecmp(mark, set);
+}
+
+const char *blas_kernel_best(void)
 {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -21,21 +30,51 @@ static const char *best_kernel_for_cpu(void)
     return NULL;
 }
 
-int blas_select_kernel(char **argv, Error *err)
+/* How fast a kernel's sgemm is, by the instruction set of its code in OpenBLAS
+ * 0.3.21: 2 for AVX-512 (Cooperlake and SapphireRapids reuse SkylakeX's), 1 for
+ * AVX2 (Zen reuses Haswell's), 0 for anything older. */
+static int kernel_rank(const char *name)
 {
-    if (getenv("OPENBLAS_CORETYPE"))
-        return 0; /* the user's (or our previous exec's) choice stands */
-    const char *want = best_kernel_for_cpu();
+    static const struct {
+        const char *name;
+        int rank;
+    } ranks[] = {
+        {"SkylakeX", 2}, {"Cooperlake", 2}, {"SapphireRapids", 2}, {"Haswell", 1}, {"Zen", 1},
+    };
+    for (size_t i = 0; name && i < sizeof ranks / sizeof ranks[0]; i++)
+        if (!strcasecmp(name, ranks[i].name))
+            return ranks[i].rank;
+    return 0;
+}
+
+int blas_select_kernel(char **argv, BlasKernelPolicy policy, Error *err)
+{
+    const char *want = blas_kernel_best();
     const char *have = openblas_get_corename();
+    const char *set = getenv("OPENBLAS_CORETYPE");
+    if (reexecuted()) {
+        /* say when the re-exec did not help; never loop */
+        if (!have || strcasecmp(have, set))
+            return error_set(err, "OpenBLAS kept kernel %s after re-exec with "
+                             "OPENBLAS_CORETYPE=%s", have ? have : "?", set);
+        return 0;
+    }
+    if (set && policy == BLAS_KERNEL_ENV)
+        return 0; /* the user's choice stands */
+    /* resnetd picks exactly its kernel (not an equivalent one OpenBLAS chose), so
+     * that every CPU of a class runs the same code */
     if (!want || (have && strcasecmp(have, want) == 0))
         return 0;
-    if (getenv(REEXEC_MARK))
-        return error_set(err, "OpenBLAS kept kernel %s after re-exec", have ? have : "?");
+    char *previous = set ? strdup(set) : NULL;
     setenv("OPENBLAS_CORETYPE", want, 1);
-    setenv(REEXEC_MARK, "1", 1);
+    setenv(REEXEC_MARK, want, 1);
     execv("/proc/self/exe", argv);
     /* exec failed: undo, keep running on the kernel we have */
-    unsetenv("OPENBLAS_CORETYPE");
+    if (previous)
+        setenv("OPENBLAS_CORETYPE", previous, 1);
+    else
+        unsetenv("OPENBLAS_CORETYPE");
+    free(previous);
     unsetenv(REEXEC_MARK);
     return error_set(err, "re-exec with OPENBLAS_CORETYPE=%s failed", want);
 }
@@ -48,11 +87,17 @@ const char *blas_kernel_name(void)
 
 const char *blas_kernel_origin(void)
 {
-    if (getenv(REEXEC_MARK))
+    if (reexecuted())
         return "resnetd";
     if (getenv("OPENBLAS_CORETYPE"))
         return "user";
     return "openblas";
+}
+
+int blas_kernel_is_slower(void)
+{
+    const char *best = blas_kernel_best();
+    return best && kernel_rank(openblas_get_corename()) < kernel_rank(best);
 }
 
 int blas_set_threads(int n)

@@ -432,9 +432,11 @@ static enum MHD_Result get_info(struct MHD_Connection *c, Req *q)
                                  0, &err);
     json_t *running = store_query(st, "SELECT id FROM jobs WHERE state = 'running'", 0, 0, &err);
     json_t *j = json_pack(
-        "{s:s, s:[s, s], s:i, s:s, s:{s:I, s:I, s:I, s:I, s:i}, s:s, s:b, s:{s:o, s:o}}",
+        "{s:s, s:[s, s], s:i, s:s, s:s, s:s?, s:{s:I, s:I, s:I, s:I, s:i}, s:s, s:b, "
+        "s:{s:o, s:o}}",
         "version", RESNETD_VERSION, "variants", "torchvision", "keras", "threads",
-        blas_threads(), "blas_kernel", blas_kernel_name(), "limits", "body_limit",
+        blas_threads(), "blas_kernel", blas_kernel_name(), "blas_kernel_origin",
+        blas_kernel_origin(), "blas_kernel_best", blas_kernel_best(), "limits", "body_limit",
         (json_int_t)a->cfg.body_limit, "upload_limit", (json_int_t)a->cfg.upload_limit,
         "max_pixels", (json_int_t)a->cfg.max_pixels, "cache_bytes",
         (json_int_t)a->cfg.cache_bytes, "max_jobs_queued", a->cfg.max_jobs_queued, "data_root",

@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
+
 typedef enum {
     OPT_LISTEN,     /* HOST:PORT into listen_host and listen_port */
     OPT_PATH,       /* char[]; min 1: must not be empty */
@@ -22,7 +24,7 @@ typedef enum {
     OPT_SIZE,       /* size_t in [min, max], with an optional K/M/G/T suffix */
     OPT_TOKEN,      /* char[] of visible ASCII characters */
     OPT_BOOL,       /* int 0 or 1 */
-    OPT_LOG_LEVEL,  /* int, a LogLevel */
+    OPT_CHOICE,     /* int, the index of one of choices[0..max] (any case) */
 } OptionType;
 
 typedef struct {
@@ -32,37 +34,48 @@ typedef struct {
     size_t size;        /* of the field */
     uint64_t min, max;  /* numbers: bounds; OPT_PATH: min 1 = must not be empty */
     const char *def;    /* default, in the syntax of the file (parsed by config_defaults) */
+    const char *const *choices; /* OPT_CHOICE: the max + 1 names of the values */
 } ConfigOption;
 
 #define FIELD(f) offsetof(Config, f), sizeof(((Config *)0)->f)
 #define KIB ((uint64_t)1 << 10)
 #define GIB ((uint64_t)1 << 30)
-
-/* docs/configuration.md and config/resnetd.conf describe these rows; keep them in step. */
-static const ConfigOption options[] = {
-    {"listen", OPT_LISTEN, 0, 0, 0, 0, "127.0.0.1:8080"},
-    {"data_dir", OPT_PATH, FIELD(data_dir), 1, 0, "./var"},
-    {"data_root", OPT_PATH, FIELD(data_root), 0, 0, "./data"},
-    {"weights_dir", OPT_PATH, FIELD(weights_dir), 0, 0, ""},
-    {"threads", OPT_INT, FIELD(threads), 0, 1024, "0"},
-    {"cache_bytes", OPT_SIZE, FIELD(cache_bytes), 0, SIZE_MAX, "2G"},
-    {"upload_limit", OPT_SIZE, FIELD(upload_limit), 1, SIZE_MAX, "1G"},
-    /* a JSON body is read into memory whole: a gigabyte is already a mistake */
-    {"body_limit", OPT_SIZE, FIELD(body_limit), KIB, GIB, "1M"},
-    {"max_pixels", OPT_U64, FIELD(max_pixels), 1, UINT64_MAX, "100000000"},
-    {"token", OPT_TOKEN, FIELD(token), 0, 0, ""},
-    {"insecure", OPT_BOOL, FIELD(insecure), 0, 1, "false"},
-    {"log_level", OPT_LOG_LEVEL, FIELD(log_level), 0, 0, "info"},
-    {"max_jobs_queued", OPT_INT, FIELD(max_jobs_queued), 1, 100000, "100"},
-};
-
-_Static_assert(sizeof options / sizeof options[0] == CONFIG_OPTION_COUNT,
-               "CONFIG_OPTION_COUNT is the number of rows of options[]");
+/* the max of an OPT_CHOICE row: the index of the last name */
+#define LAST(names) (sizeof names / sizeof names[0] - 1)
 
 /* indexed by LogLevel */
 static const char *const log_level_names[] = {"error", "warn", "info", "debug"};
 _Static_assert(LOG_LEVEL_ERROR == 0 && LOG_LEVEL_WARN == 1 && LOG_LEVEL_INFO == 2 &&
                    LOG_LEVEL_DEBUG == 3, "LogLevel indexes log_level_names[]");
+
+/* indexed by BlasKernelPolicy */
+static const char *const blas_kernel_names[] = {"env", "auto"};
+_Static_assert(BLAS_KERNEL_ENV == 0 && BLAS_KERNEL_AUTO == 1,
+               "BlasKernelPolicy indexes blas_kernel_names[]");
+
+/* docs/configuration.md and config/resnetd.conf describe these rows; keep them in step. */
+static const ConfigOption options[] = {
+    {"listen", OPT_LISTEN, 0, 0, 0, 0, "127.0.0.1:8080", NULL},
+    {"data_dir", OPT_PATH, FIELD(data_dir), 1, 0, "./var", NULL},
+    {"data_root", OPT_PATH, FIELD(data_root), 0, 0, "./data", NULL},
+    {"weights_dir", OPT_PATH, FIELD(weights_dir), 0, 0, "", NULL},
+    {"threads", OPT_INT, FIELD(threads), 0, 1024, "0", NULL},
+    {"blas_kernel", OPT_CHOICE, FIELD(blas_kernel), 0, LAST(blas_kernel_names), "env",
+     blas_kernel_names},
+    {"cache_bytes", OPT_SIZE, FIELD(cache_bytes), 0, SIZE_MAX, "2G", NULL},
+    {"upload_limit", OPT_SIZE, FIELD(upload_limit), 1, SIZE_MAX, "1G", NULL},
+    /* a JSON body is read into memory whole: a gigabyte is already a mistake */
+    {"body_limit", OPT_SIZE, FIELD(body_limit), KIB, GIB, "1M", NULL},
+    {"max_pixels", OPT_U64, FIELD(max_pixels), 1, UINT64_MAX, "100000000", NULL},
+    {"token", OPT_TOKEN, FIELD(token), 0, 0, "", NULL},
+    {"insecure", OPT_BOOL, FIELD(insecure), 0, 1, "false", NULL},
+    {"log_level", OPT_CHOICE, FIELD(log_level), 0, LAST(log_level_names), "info",
+     log_level_names},
+    {"max_jobs_queued", OPT_INT, FIELD(max_jobs_queued), 1, 100000, "100", NULL},
+};
+
+_Static_assert(sizeof options / sizeof options[0] == CONFIG_OPTION_COUNT,
+               "CONFIG_OPTION_COUNT is the number of rows of options[]");
 
 /* Flags of `resnetd serve` that are not options: config_load and main read them. */
 static const struct {
@@ -145,6 +158,14 @@ static void format_size(char *buf, size_t n, uint64_t v)
         snprintf(buf, n, "%" PRIu64, v);
     else
         snprintf(buf, n, "%" PRIu64 "%c", v, units[u]);
+}
+
+/* Appends text to buf (size n) at *used, truncating. */
+static void append(char *buf, size_t n, size_t *used, const char *text)
+{
+    int w = snprintf(buf + *used, n - *used, "%s", text);
+    if (w > 0)
+        *used += (size_t)w < n - *used ? (size_t)w : n - *used - 1;
 }
 
 static int parse_bool(const char *s, int *out)
@@ -298,15 +319,21 @@ static int option_parse(const ConfigOption *o, const char *s, Config *c, char *w
             return -1;
         }
         return 0;
-    case OPT_LOG_LEVEL:
-        for (int i = 0; i < 4; i++) {
-            if (!strcasecmp(s, log_level_names[i])) {
-                *(int *)field = i;
+    case OPT_CHOICE: {
+        for (uint64_t i = 0; i <= o->max; i++) {
+            if (!strcasecmp(s, o->choices[i])) {
+                *(int *)field = (int)i;
                 return 0;
             }
         }
-        snprintf(why, n, "expected error, warn, info or debug");
+        /* "expected error, warn, info or debug" */
+        size_t used = (size_t)snprintf(why, n, "expected");
+        for (uint64_t i = 0; i <= o->max; i++) {
+            append(why, n, &used, i == 0 ? " " : i == o->max ? " or " : ", ");
+            append(why, n, &used, o->choices[i]);
+        }
         return -1;
+    }
     }
     snprintf(why, n, "unknown option type");
     return -1;
@@ -393,14 +420,6 @@ static char *file_value(char *v, char *why, size_t n)
         }
     }
     return trim(v);
-}
-
-/* Appends text to buf (size n) at *used, truncating. */
-static void append(char *buf, size_t n, size_t *used, const char *text)
-{
-    int w = snprintf(buf + *used, n - *used, "%s", text);
-    if (w > 0)
-        *used += (size_t)w < n - *used ? (size_t)w : n - *used - 1;
 }
 
 /* The flag spelling of an option key: "data_dir" -> "--data-dir". */
@@ -524,16 +543,29 @@ static void env_name(char *buf, size_t n, const char *key)
     buf[used] = '\0';
 }
 
+/* Applies RESNETD_<KEY> of option i when it is set. */
+static int env_option(Config *c, int i, char *const *envp, Error *err)
+{
+    char name[64];
+    env_name(name, sizeof name, options[i].key);
+    const char *v = env_lookup(envp, name);
+    return v ? option_set(c, i, v, CONFIG_FROM_ENV, 0, name, err) : 0;
+}
+
 int config_load_env(Config *c, char *const *envp, Error *err)
 {
-    for (int i = 0; i < N_OPTIONS; i++) {
-        char name[64];
-        env_name(name, sizeof name, options[i].key);
-        const char *v = env_lookup(envp, name);
-        if (v && option_set(c, i, v, CONFIG_FROM_ENV, 0, name, err))
+    for (int i = 0; i < N_OPTIONS; i++)
+        if (env_option(c, i, envp, err))
             return -1;
-    }
     return 0;
+}
+
+int config_load_env_option(Config *c, const char *key, char *const *envp, Error *err)
+{
+    int i = option_find(key, strlen(key));
+    if (i < 0)
+        return error_set(err, "unknown option '%s'", key);
+    return env_option(c, i, envp, err);
 }
 
 /* ---- flags ----------------------------------------------------------------- */
@@ -637,6 +669,16 @@ int config_load_args(Config *c, int argc, char **argv, Error *err)
     return 0;
 }
 
+int config_load_flag_option(Config *c, const char *key, const char *value, Error *err)
+{
+    int i = option_find(key, strlen(key));
+    if (i < 0)
+        return error_set(err, "unknown option '%s'", key);
+    char where[96];
+    flag_name(where, sizeof where, key);
+    return option_set(c, i, value, CONFIG_FROM_FLAG, 0, where, err);
+}
+
 /* ---- all together ---------------------------------------------------------- */
 
 static void listen_format(char *buf, size_t n, const Config *c)
@@ -722,8 +764,8 @@ void config_print(const Config *c, FILE *out)
         case OPT_BOOL:
             snprintf(value, sizeof value, "%s", *(const int *)field ? "true" : "false");
             break;
-        case OPT_LOG_LEVEL:
-            snprintf(value, sizeof value, "%s", config_log_level_name(*(const int *)field));
+        case OPT_CHOICE:
+            snprintf(value, sizeof value, "%s", o->choices[*(const int *)field]);
             break;
         }
         char from[CONFIG_PATH_MAX + 32];

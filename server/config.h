@@ -39,7 +39,7 @@ typedef enum {
 } ConfigSource;
 
 /* The number of options (rows of the table in config.c). */
-#define CONFIG_OPTION_COUNT 13
+#define CONFIG_OPTION_COUNT 14
 
 #define CONFIG_PATH_MAX 4096
 
@@ -51,6 +51,7 @@ typedef struct {
                                           "" disables registering server-side folders */
     char weights_dir[CONFIG_PATH_MAX]; /* "" until config_finish makes it <data_dir>/weights */
     int threads;                /* 0..1024, 0 = one per core */
+    int blas_kernel;            /* a BlasKernelPolicy (blas.h): "env" or "auto" */
     size_t cache_bytes;         /* activation cache budget, 0 = no cache */
     size_t upload_limit;        /* largest dataset archive upload, bytes */
     size_t body_limit;          /* largest JSON request body, bytes */
@@ -108,6 +109,17 @@ int config_load_args(Config *c, int argc, char **argv, Error *err);
  * and refuses a listen address that is not loopback (127.x.x.x, localhost, ::1)
  * when there is no token unless insecure is set. */
 int config_finish(Config *c, Error *err);
+
+/* Applies one option the way config_load_env does, for commands other than serve
+ * that read a few options themselves (`resnetd train`, `version`): RESNETD_<KEY>
+ * of envp (or of the process environment when envp is NULL), nothing when it is
+ * unset. key is the file spelling of an option. Errors: an unknown key, and a bad
+ * value, naming the variable as config_load_env does. */
+int config_load_env_option(Config *c, const char *key, char *const *envp, Error *err);
+
+/* Applies one option as the flag --<key> with value would (see
+ * config_load_env_option); errors name the flag. */
+int config_load_flag_option(Config *c, const char *key, const char *value, Error *err);
 
 /* config_defaults, then the file (--config FILE in argv, else RESNETD_CONFIG when
  * set and not empty, else none), the environment (envp as in config_load_env),

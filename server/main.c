@@ -36,26 +36,96 @@ static int usage(FILE *out)
             "usage: resnetd COMMAND [ARGS]\n"
             "commands:\n"
             "  serve [--config FILE] [--listen HOST:PORT] [--data-dir DIR] [--data-root DIR]\n"
-            "        [--weights-dir DIR] [--token T] [--threads N] [--insecure] [--print-config]\n"
+            "        [--weights-dir DIR] [--token T] [--threads N] [--blas-kernel env|auto]\n"
+            "        [--insecure] [--print-config]\n"
             "                           run the daemon (docs/api.md, docs/configuration.md)\n"
             "  version                  print the version and the BLAS kernel in use\n"
             "  inspect FILE.safetensors print variant, tensor count, parameter count, metadata\n"
             "  train SPEC.json [--db FILE] [--export OUT.safetensors]\n"
             "                [--checkpoint FILE [--resume]] [--no-cache] [--cache-dir DIR]\n"
+            "                [--blas-kernel env|auto]\n"
             "                           run one fine-tuning job in the foreground (docs/jobs.md)\n"
             "  predict WEIGHTS IMAGE... [--top K] [--json]\n"
             "                           top-k classes of images with exported weights\n"
             "environment:\n"
             "  RESNETD_THREADS=N        compute threads (default 0: one per core)\n"
-            "  OPENBLAS_CORETYPE=NAME   force an OpenBLAS kernel (default: the fastest for this CPU)\n");
+            "  OPENBLAS_CORETYPE=NAME   force an OpenBLAS kernel (default: the fastest for this CPU)\n"
+            "  RESNETD_BLAS_KERNEL=auto let resnetd pick the fastest kernel even over\n"
+            "                           OPENBLAS_CORETYPE (default env: OPENBLAS_CORETYPE wins)\n");
     return out == stderr ? 2 : 0;
+}
+
+/* Threads and blas_kernel: the options of commands other than serve, which take
+ * them from the environment (RESNETD_THREADS, RESNETD_BLAS_KERNEL) through the
+ * option table of config.c. */
+static int command_options(Config *c, Error *err)
+{
+    config_defaults(c);
+    if (config_load_env_option(c, "threads", NULL, err) ||
+        config_load_env_option(c, "blas_kernel", NULL, err))
+        return -1;
+    return 0;
+}
+
+/* When the kernel in force is slower than the best this CPU supports: one
+ * sentence naming both and how to let resnetd choose, into buf; returns 1. Else
+ * returns 0 with buf empty. */
+static int blas_advice(char *buf, size_t n)
+{
+    buf[0] = '\0';
+    if (!blas_kernel_is_slower())
+        return 0;
+    const char *origin = blas_kernel_origin(), *best = blas_kernel_best();
+    int used = snprintf(buf, n, "OpenBLAS kernel %s (chosen by %s) is slower than %s, which "
+                        "this CPU supports", blas_kernel_name(), origin, best);
+    if (used < 0 || (size_t)used >= n)
+        return 1;
+    if (!strcmp(origin, "user"))
+        snprintf(buf + used, n - (size_t)used, "; to let resnetd choose %s over "
+                 "OPENBLAS_CORETYPE, set blas_kernel = auto (RESNETD_BLAS_KERNEL=auto or "
+                 "--blas-kernel auto) or unset OPENBLAS_CORETYPE", best);
+    else
+        snprintf(buf + used, n - (size_t)used, "; resnetd's switch to it (OPENBLAS_CORETYPE=%s "
+                 "and a re-exec) did not take effect", best);
+    return 1;
+}
+
+/* A warning at start: on stderr prefixed with who, or in the log when who is NULL
+ * (serve). */
+static void warn_at_start(const char *who, const char *msg)
+{
+    if (who)
+        fprintf(stderr, "%s: warning: %s\n", who, msg);
+    else
+        log_msg(LOG_LEVEL_WARN, "%s", msg);
+}
+
+/* Starts OpenBLAS for a command: the kernel that c->blas_kernel asks for (which
+ * may re-exec the process with argv, the whole command line), then the threads.
+ * A kernel that cannot be had is a warning: the command runs on the kernel it
+ * has. With advise, a kernel slower than this CPU's best is one too (serve and
+ * train say so once, at start). Call once, before any thread exists. */
+static void blas_start(char **argv, const Config *c, const char *who, int advise)
+{
+    Error err;
+    if (blas_select_kernel(argv, (BlasKernelPolicy)c->blas_kernel, &err))
+        warn_at_start(who, err.msg);
+    blas_set_threads(c->threads);
+    char advice[512];
+    if (advise && blas_advice(advice, sizeof advice))
+        warn_at_start(who, advice);
 }
 
 static int cmd_version(void)
 {
+    const char *best = blas_kernel_best();
+    char advice[512];
     printf("resnetd %s\n", RESNETD_VERSION);
-    printf("blas: OpenBLAS kernel %s (chosen by %s), %d threads\n", blas_kernel_name(),
-           blas_kernel_origin(), blas_threads());
+    printf("blas: OpenBLAS kernel %s (chosen by %s), %d threads; best for this CPU: %s\n",
+           blas_kernel_name(), blas_kernel_origin(), blas_threads(),
+           best ? best : "none of SkylakeX, Haswell (OpenBLAS's own choice)");
+    if (blas_advice(advice, sizeof advice))
+        printf("blas: %s\n", advice);
     return 0;
 }
 
@@ -254,10 +324,13 @@ static int db_job(Store *st, const char *spec_text, const JobSpec *spec, int res
                             id, err);
 }
 
-static int cmd_train(int argc, char **argv)
+/* argc/argv: the arguments after "train"; cmdline: the whole command line (for
+ * the kernel's re-exec); opts: the options read from the environment. */
+static int cmd_train(int argc, char **argv, char **cmdline, Config *opts)
 {
     const char *export_path = NULL, *spec_path = NULL, *db_path = NULL, *cache_dir = NULL;
     int bad_args = 0;
+    Error err;
     TrainOptions topt;
     memset(&topt, 0, sizeof topt);
     for (int i = 0; i < argc; i++) {
@@ -273,6 +346,12 @@ static int cmd_train(int argc, char **argv)
             topt.resume = 1;
         else if (!strcmp(argv[i], "--no-cache"))
             topt.no_activation_cache = 1;
+        else if (!strcmp(argv[i], "--blas-kernel") && i + 1 < argc) {
+            if (config_load_flag_option(opts, "blas_kernel", argv[++i], &err)) {
+                fprintf(stderr, "resnetd train: %s\n", err.msg);
+                return 2;
+            }
+        }
         else if (!spec_path && argv[i][0] != '-')
             spec_path = argv[i];
         else
@@ -280,9 +359,11 @@ static int cmd_train(int argc, char **argv)
     }
     if (bad_args || !spec_path || (topt.resume && !topt.checkpoint_path)) {
         fprintf(stderr, "usage: resnetd train SPEC.json [--db FILE] [--export OUT.safetensors] "
-                        "[--checkpoint FILE [--resume]] [--no-cache] [--cache-dir DIR]\n");
+                        "[--checkpoint FILE [--resume]] [--no-cache] [--cache-dir DIR] "
+                        "[--blas-kernel env|auto]\n");
         return 2;
     }
+    blas_start(cmdline, opts, "resnetd train", 1);
     FILE *f = fopen(spec_path, "rb");
     if (!f) {
         fprintf(stderr, "resnetd train: %s: %s\n", spec_path, strerror(errno));
@@ -299,7 +380,6 @@ static int cmd_train(int argc, char **argv)
     }
     buf[n] = '\0';
     JobSpec spec;
-    Error err;
     if (jobspec_parse(&spec, buf, n, NULL, 0, &err)) {
         fprintf(stderr, "resnetd train: %s: %s\n", spec_path, err.msg);
         return 1;
@@ -498,7 +578,9 @@ static void find_web_dir(char *out, size_t len)
 
 extern char **environ;
 
-static int cmd_serve(int argc, char **argv)
+/* argc/argv: the arguments after "serve"; cmdline: the whole command line (for
+ * the kernel's re-exec). */
+static int cmd_serve(int argc, char **argv, char **cmdline)
 {
     Config cfg;
     Error err;
@@ -511,7 +593,7 @@ static int cmd_serve(int argc, char **argv)
         return 0;
     }
     log_set_level(cfg.log_level);
-    blas_set_threads(cfg.threads);
+    blas_start(cmdline, &cfg, NULL, 1);
     char db[4200], datasets[4200], jobs[4200], web[4200];
     snprintf(db, sizeof db, "%s/resnetd.db", cfg.data_dir);
     snprintf(datasets, sizeof datasets, "%s/datasets", cfg.data_dir);
@@ -582,29 +664,26 @@ static int cmd_serve(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    const char *cmd = argc < 2 ? "" : argv[1];
+    /* serve reads its options (file, environment, flags) before it starts OpenBLAS */
+    if (!strcmp(cmd, "serve"))
+        return cmd_serve(argc - 2, argv + 2, argv);
+    Config opts;
     Error err;
-    if (blas_select_kernel(argv, &err))
-        fprintf(stderr, "resnetd: warning: %s\n", err.msg);
-    const char *threads = getenv("RESNETD_THREADS");
-    char *end = NULL;
-    long nthreads = threads ? strtol(threads, &end, 10) : 0;
-    if (threads && (*threads == '\0' || *end != '\0' || nthreads < 0 || nthreads > 1024)) {
-        fprintf(stderr, "resnetd: RESNETD_THREADS must be a whole number from 0 (all cores) "
-                        "to 1024, got '%s'\n", threads);
+    if (command_options(&opts, &err)) {
+        fprintf(stderr, "resnetd: %s\n", err.msg);
         return 2;
     }
-    blas_set_threads((int)nthreads);
+    /* so does train, which also takes --blas-kernel */
+    if (!strcmp(cmd, "train"))
+        return cmd_train(argc - 2, argv + 2, argv, &opts);
+    blas_start(argv, &opts, "resnetd", 0);
     if (argc < 2)
         return usage(stderr);
-    const char *cmd = argv[1];
     if (!strcmp(cmd, "version") || !strcmp(cmd, "--version"))
         return cmd_version();
     if (!strcmp(cmd, "inspect"))
         return cmd_inspect(argc - 2, argv + 2);
-    if (!strcmp(cmd, "train"))
-        return cmd_train(argc - 2, argv + 2);
-    if (!strcmp(cmd, "serve"))
-        return cmd_serve(argc - 2, argv + 2);
     if (!strcmp(cmd, "predict"))
         return cmd_predict(argc - 2, argv + 2);
     if (!strcmp(cmd, "help") || !strcmp(cmd, "--help") || !strcmp(cmd, "-h"))

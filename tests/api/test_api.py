@@ -12,7 +12,10 @@ classes x 16 PNGs, 32x32, from tools/fmnist_to_png) under --data-root; jobs are 
 random-weights "all" epoch (BN training) followed by "head" epochs.
 
 - Health and info: the version, the limits equal the flags the daemon got, the
-  data root, auth, the queue.
+  data root, auth, the queue, the BLAS kernel (who chose it, the best for this
+  CPU). Under OPENBLAS_CORETYPE=Haswell the daemon runs Haswell and, on an
+  AVX-512 CPU, logs one warning naming SkylakeX and blas_kernel = auto; with
+  --blas-kernel auto it runs the best kernel.
 - Datasets: a folder registers (201, Location, the report's classes and counts are
   the generated set's), relative to data_root too; list, get by id and by name;
   DELETE 204 then 404; a name in use 409. Uploads as a tar.gz raw body (?name=), a
@@ -62,6 +65,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -136,6 +140,22 @@ def clean_env(**extra):
     return env
 
 
+def version_kernel(**env):
+    """(kernel, origin, best or None) as `resnetd version` names them under
+    clean_env(**env): what /api/info must show for a daemon with that environment
+    (tests/tools/test_blas.py checks them against the CPU)."""
+    out = subprocess.run([RESNETD, "version"], env=clean_env(**env), capture_output=True,
+                         text=True, check=True, timeout=60).stdout
+    m = re.search(r"OpenBLAS kernel (\S+) \(chosen by (\w+)\), \d+ threads; "
+                  r"best for this CPU: (\S+)", out)
+    assert m, out
+    return m[1], m[2], None if m[3] == "none" else m[3]
+
+
+def info_kernel(info):
+    return info["blas_kernel"], info["blas_kernel_origin"], info["blas_kernel_best"]
+
+
 def job_spec(dataset="fm", scratch=1, head=2, batch=8, name="api-test", seed=1):
     """Random weights: `scratch` epochs of everything (BN in train mode), then
     `head` epochs of the head alone."""
@@ -204,7 +224,8 @@ class Response:
 class Daemon:
     """One `resnetd serve` on a free loopback port with its own data folder."""
 
-    def __init__(self, *flags, host="127.0.0.1", token=None, data_root=None, wait=True):
+    def __init__(self, *flags, host="127.0.0.1", token=None, data_root=None, wait=True,
+                 env=None):
         self.host, self.port = host, free_port(host)
         self.dir = tempfile.mkdtemp(prefix="daemon-", dir=TMP)
         self.data_dir = os.path.join(self.dir, "var")
@@ -218,7 +239,7 @@ class Daemon:
             args += ["--token", token]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, env=clean_env())
+                                         stdin=subprocess.DEVNULL, env=env or clean_env())
         if wait:
             self.wait_ready()
 
@@ -455,7 +476,11 @@ class Basics(ApiCase):
         self.assertEqual(info["queue"], {"running": None, "queued": 0})
         self.assertEqual(sorted(info["variants"]), ["keras", "torchvision"])
         self.assertEqual(info["threads"], 2)
-        self.assertIsInstance(info["blas_kernel"], str)
+        # the kernel, who chose it and the best for this CPU, as `resnetd version`
+        # says them in the daemon's environment
+        self.assertNotEqual(info["blas_kernel"], "unknown")
+        self.assertIn(info["blas_kernel_origin"], ("user", "resnetd", "openblas"))
+        self.assertEqual(info_kernel(info), version_kernel())
 
     def test_malformed_json(self):
         for path in ("/api/jobs", "/api/datasets"):
@@ -1529,6 +1554,45 @@ class RunningJob(ApiCase):
                 self.assertEqual((job["state"], job["started"]), ("cancelled", None))
         # now the dataset is free
         self.assertStatus(self.d.request("DELETE", "/api/datasets/fm"), 204)
+
+
+# ---------------------------------------------------------------------------
+class BlasKernel(ApiCase):
+    """The OpenBLAS kernel in /api/info and the start-up log: a user's
+    OPENBLAS_CORETYPE stands by default, with one warning when this CPU has a
+    faster kernel; --blas-kernel auto lets resnetd pick the best over it."""
+
+    def setUp(self):
+        self.best = version_kernel()[2]
+        if self.best is None:
+            self.skipTest("this CPU has no AVX2: the Haswell kernel cannot run")
+
+    def info(self, *flags):
+        d = self.start_own(*flags, env=clean_env(OPENBLAS_CORETYPE="Haswell"))
+        return d, info_kernel(d.get("/api/info").json())
+
+    def test_the_environment_wins_by_default(self):
+        d, kernel = self.info()
+        self.assertEqual(kernel, ("Haswell", "user", self.best))
+        warnings = [line for line in d.log().splitlines() if "OpenBLAS kernel" in line]
+        if self.best == "SkylakeX":
+            self.assertEqual(len(warnings), 1, d.log())
+            for words in (" warn ", "Haswell (chosen by user) is slower than SkylakeX",
+                          "blas_kernel = auto", "RESNETD_BLAS_KERNEL=auto",
+                          "--blas-kernel auto"):
+                self.assertIn(words, warnings[0])
+        else:
+            self.assertEqual(warnings, [], d.log())
+        self.assertIn("Haswell kernel", d.log())
+
+    def test_auto_picks_the_best_over_the_environment(self):
+        d, kernel = self.info("--blas-kernel", "auto")
+        # on an AVX2 CPU the environment's Haswell is already the best: no re-exec
+        origin = "resnetd" if self.best != "Haswell" else "user"
+        self.assertEqual(kernel, (self.best, origin, self.best))
+        self.assertEqual(kernel, version_kernel(OPENBLAS_CORETYPE="Haswell",
+                                                RESNETD_BLAS_KERNEL="auto"))
+        self.assertNotIn("is slower than", d.log())
 
 
 # ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "blas.h"
 #include "config.h"
 
 /* Every option: file key, environment variable, flag. */
@@ -21,6 +22,7 @@ static const char *const option_names[CONFIG_OPTION_COUNT][3] = {
     {"data_root", "RESNETD_DATA_ROOT", "--data-root"},
     {"weights_dir", "RESNETD_WEIGHTS_DIR", "--weights-dir"},
     {"threads", "RESNETD_THREADS", "--threads"},
+    {"blas_kernel", "RESNETD_BLAS_KERNEL", "--blas-kernel"},
     {"cache_bytes", "RESNETD_CACHE_BYTES", "--cache-bytes"},
     {"upload_limit", "RESNETD_UPLOAD_LIMIT", "--upload-limit"},
     {"body_limit", "RESNETD_BODY_LIMIT", "--body-limit"},
@@ -72,6 +74,7 @@ static void assert_config_equal(const Config *a, const Config *b)
     assert_string_equal(a->data_root, b->data_root);
     assert_string_equal(a->weights_dir, b->weights_dir);
     assert_int_equal(a->threads, b->threads);
+    assert_int_equal(a->blas_kernel, b->blas_kernel);
     assert_int_equal(a->cache_bytes, b->cache_bytes);
     assert_int_equal(a->upload_limit, b->upload_limit);
     assert_int_equal(a->body_limit, b->body_limit);
@@ -112,6 +115,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.data_root, "./data");
     assert_string_equal(c.weights_dir, "");
     assert_int_equal(c.threads, 0);
+    assert_int_equal(c.blas_kernel, BLAS_KERNEL_ENV);
     assert_int_equal(c.cache_bytes, (size_t)2 << 30);
     assert_int_equal(c.upload_limit, (size_t)1 << 30);
     assert_int_equal(c.body_limit, (size_t)1 << 20);
@@ -206,12 +210,12 @@ static void test_file_errors(void **state)
     (void)state;
     assert_file_error("# one\n\nthreads = 2\nthread = 4\n",
                       "4: unknown option 'thread' (options: listen, data_dir, data_root, "
-                      "weights_dir, threads, cache_bytes, upload_limit, body_limit, max_pixels, "
-                      "token, insecure, log_level, max_jobs_queued)");
+                      "weights_dir, threads, blas_kernel, cache_bytes, upload_limit, body_limit, "
+                      "max_pixels, token, insecure, log_level, max_jobs_queued)");
     /* keys are lower-case, as written */
     assert_file_error("THREADS = 2\n", "1: unknown option 'THREADS' (options: listen, data_dir, "
-                      "data_root, weights_dir, threads, cache_bytes, upload_limit, body_limit, "
-                      "max_pixels, token, insecure, log_level, max_jobs_queued)");
+                      "data_root, weights_dir, threads, blas_kernel, cache_bytes, upload_limit, "
+                      "body_limit, max_pixels, token, insecure, log_level, max_jobs_queued)");
     assert_file_error("\nthreads 4\n", "2: expected KEY = VALUE (got 'threads 4')");
     assert_file_error("= 4\n", "1: expected KEY = VALUE (the key is missing)");
     assert_file_error("threads = 1\n\nthreads = 2\n", "3: threads: already set on line 1");
@@ -334,6 +338,22 @@ static void test_every_option(void **state)
     assert_bad("threads", "four", threads_why);
     assert_bad("threads", "4.0", threads_why);
     assert_bad("threads", "99999999999999999999999", threads_why);
+
+    assert_int_equal(set_line3(&c, "blas_kernel", "auto", &err), 0);
+    assert_int_equal(c.blas_kernel, BLAS_KERNEL_AUTO);
+    assert_int_equal(set_line3(&c, "blas_kernel", "env", &err), 0);
+    assert_int_equal(c.blas_kernel, BLAS_KERNEL_ENV);
+    assert_int_equal(set_line3(&c, "blas_kernel", "Auto", &err), 0);
+    assert_int_equal(c.blas_kernel, BLAS_KERNEL_AUTO);
+    assert_int_equal(set_line3(&c, "blas_kernel", "\"env\"", &err), 0);
+    assert_int_equal(c.blas_kernel, BLAS_KERNEL_ENV);
+    /* a kernel name is not a policy: OPENBLAS_CORETYPE names kernels */
+    assert_bad("blas_kernel", "SkylakeX", "expected env or auto");
+    assert_bad("blas_kernel", "automatic", "expected env or auto");
+    assert_bad("blas_kernel", "1", "expected env or auto");
+    assert_bad("blas_kernel", "\"\"", "expected env or auto");
+    assert_file_error("threads = 1\nblas_kernel = fastest\n",
+                      "2: blas_kernel: expected env or auto (got 'fastest')");
 
     assert_int_equal(set_line3(&c, "cache_bytes", "0", &err), 0);
     assert_int_equal(c.cache_bytes, 0);
@@ -490,7 +510,8 @@ static void test_env(void **state)
     /* every option has its variable */
     for (int i = 0; i < CONFIG_OPTION_COUNT; i++) {
         static const char *const values[CONFIG_OPTION_COUNT] = {
-            "127.0.0.1:1", "/d", "/r", "/w", "1", "1", "1", "1K", "1", "t", "on", "warn", "1"};
+            "127.0.0.1:1", "/d", "/r", "/w", "1", "auto", "1", "1", "1K", "1", "t", "on", "warn",
+            "1"};
         char var[128];
         snprintf(var, sizeof var, "%s=%s", option_names[i][1], values[i]);
         char *one[] = {var, NULL};
@@ -521,6 +542,46 @@ static void test_env(void **state)
     unsetenv("RESNETD_MAX_JOBS_QUEUED");
     assert_int_equal(rc, 0);
     assert_int_equal(c.max_jobs_queued, 42);
+}
+
+/* One option at a time, as `resnetd train` and `version` read threads and
+ * blas_kernel: only that option is read, with the same parser and messages. */
+static void test_one_option(void **state)
+{
+    (void)state;
+    Config c;
+    Error err = {{0}};
+    char *env[] = {"RESNETD_BLAS_KERNEL=auto", "RESNETD_THREADS=lots", NULL};
+    config_defaults(&c);
+    assert_int_equal(config_load_env_option(&c, "blas_kernel", env, &err), 0);
+    assert_int_equal(c.blas_kernel, BLAS_KERNEL_AUTO);
+    assert_int_equal(config_source(&c, "blas_kernel", NULL), CONFIG_FROM_ENV);
+    assert_int_equal(c.threads, 0); /* the bad RESNETD_THREADS was not read */
+    assert_int_equal(config_load_env_option(&c, "threads", env, &err), -1);
+    assert_string_equal(err.msg, "RESNETD_THREADS: expected a whole number from 0 to 1024 "
+                                 "(got 'lots')");
+
+    /* unset: nothing changes; a bad value leaves the option as it was */
+    char *none[] = {NULL};
+    config_defaults(&c);
+    assert_int_equal(config_load_env_option(&c, "blas_kernel", none, &err), 0);
+    assert_int_equal(config_source(&c, "blas_kernel", NULL), CONFIG_FROM_DEFAULT);
+    char *bad[] = {"RESNETD_BLAS_KERNEL=SkylakeX", NULL};
+    assert_int_equal(config_load_env_option(&c, "blas_kernel", bad, &err), -1);
+    assert_string_equal(err.msg, "RESNETD_BLAS_KERNEL: expected env or auto (got 'SkylakeX')");
+    assert_int_equal(c.blas_kernel, BLAS_KERNEL_ENV);
+
+    assert_int_equal(config_load_flag_option(&c, "blas_kernel", "auto", &err), 0);
+    assert_int_equal(c.blas_kernel, BLAS_KERNEL_AUTO);
+    assert_int_equal(config_source(&c, "blas_kernel", NULL), CONFIG_FROM_FLAG);
+    assert_int_equal(config_load_flag_option(&c, "blas_kernel", "", &err), -1);
+    assert_string_equal(err.msg, "--blas-kernel: expected env or auto (got '')");
+    assert_int_equal(c.blas_kernel, BLAS_KERNEL_AUTO);
+
+    assert_int_equal(config_load_env_option(&c, "nope", env, &err), -1);
+    assert_string_equal(err.msg, "unknown option 'nope'");
+    assert_int_equal(config_load_flag_option(&c, "nope", "1", &err), -1);
+    assert_string_equal(err.msg, "unknown option 'nope'");
 }
 
 static int args_rc(Config *c, Error *err, int argc, char **argv)
@@ -573,7 +634,8 @@ static void test_args(void **state)
     /* every option has its flag */
     for (int i = 0; i < CONFIG_OPTION_COUNT; i++) {
         static const char *const values[CONFIG_OPTION_COUNT] = {
-            "127.0.0.1:1", "/d", "/r", "/w", "1", "1", "1", "1K", "1", "t", "on", "warn", "1"};
+            "127.0.0.1:1", "/d", "/r", "/w", "1", "auto", "1", "1", "1K", "1", "t", "on", "warn",
+            "1"};
         char flag[128];
         snprintf(flag, sizeof flag, "%s=%s", option_names[i][2], values[i]);
         assert_int_equal(args_rc(&c, &err, ARGS(flag)), 0);
@@ -581,7 +643,7 @@ static void test_args(void **state)
     }
 
     const char *known = "(flags: --listen, --data-dir, --data-root, --weights-dir, --threads, "
-                        "--cache-bytes, --upload-limit, --body-limit, --max-pixels, --token, "
+                        "--blas-kernel, --cache-bytes, --upload-limit, --body-limit, --max-pixels, --token, "
                         "--insecure, --log-level, --max-jobs-queued, --config, --print-config)";
     char want[512];
     assert_int_equal(args_rc(&c, &err, ARGS("--threads", "2", "--thread", "2")), -1);
@@ -605,6 +667,10 @@ static void test_args(void **state)
     assert_int_equal(args_rc(&c, &err, ARGS("--threads", "2000")), -1);
     assert_string_equal(err.msg, "--threads: expected a whole number from 0 to 1024 "
                                  "(got '2000')");
+    assert_int_equal(args_rc(&c, &err, ARGS("--blas-kernel", "auto")), 0);
+    assert_int_equal(c.blas_kernel, BLAS_KERNEL_AUTO);
+    assert_int_equal(args_rc(&c, &err, ARGS("--blas-kernel=haswell")), -1);
+    assert_string_equal(err.msg, "--blas-kernel: expected env or auto (got 'haswell')");
     assert_int_equal(args_rc(&c, &err, ARGS("--print-config=yes")), -1);
     assert_string_equal(err.msg, "--print-config takes no value");
     assert_int_equal(args_rc(&c, &err, ARGS("--config")), -1);
@@ -767,7 +833,8 @@ static void test_print(void **state)
     const char *file = write_conf("# x\ncache_bytes = 1536M\ndata_root = \"\"\n");
     char *env[] = {"RESNETD_TOKEN=very-secret", "RESNETD_THREADS=5", NULL};
     assert_int_equal(config_load(&c, ARGS("--config", (char *)file, "--listen", "[::1]:81",
-                                          "--weights-dir", "/w #1", "--insecure"), env, &err), 0);
+                                          "--weights-dir", "/w #1", "--insecure",
+                                          "--blas-kernel", "auto"), env, &err), 0);
     char *text = NULL;
     size_t len = 0;
     FILE *out = open_memstream(&text, &len);
@@ -785,6 +852,7 @@ static void test_print(void **state)
         {"data_root = \"\"", "FILE:3"},
         {"weights_dir = \"/w #1\"", "--weights-dir"},
         {"threads = 5", "RESNETD_THREADS"},
+        {"blas_kernel = auto", "--blas-kernel"},
         {"cache_bytes = 1536M", "FILE:2"},
         {"upload_limit = 1G", "default"},
         {"body_limit = 1M", "default"},
@@ -897,6 +965,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_every_option),
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_env),
+        cmocka_unit_test(test_one_option),
         cmocka_unit_test(test_args),
         cmocka_unit_test(test_find_flag),
         cmocka_unit_test(test_precedence),

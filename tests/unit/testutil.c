@@ -112,5 +112,5 @@ void testutil_fill_uniform(float *x, size_t n, uint64_t seed, float lo, float hi
 void testutil_init(int argc, char **argv)
 {
     (void)argc;
-    blas_select_kernel(argv, NULL);
+    blas_select_kernel(argv, BLAS_KERNEL_ENV, NULL);
 }
