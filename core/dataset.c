@@ -883,12 +883,6 @@ static void shuffle(int *idx, int n, Rng *r)
     }
 }
 
-/* The seed of class c's shuffle: the options' seed mixed with the class index. */
-static uint64_t class_seed(uint64_t seed, int c)
-{
-    return seed ^ ((uint64_t)(c + 1) * 0xD1B54A32D192ED03ULL);
-}
-
 /* Stage 4: usable files per class, the split, items in (split, label, path) order. */
 static int assign_items(Dataset *ds, Scan *s, const DatasetOptions *opt, const char *val_name,
                         Error *err)
@@ -930,7 +924,7 @@ static int assign_items(Dataset *ds, Scan *s, const DatasetOptions *opt, const c
                 if (n_val > nu - 1)
                     n_val = nu - 1;
                 Rng r;
-                rng_seed(&r, class_seed(opt->seed, label));
+                rng_stream(&r, opt->seed, RNG_SPLIT, (uint64_t)label, 0);
                 shuffle(idx, nu, &r);
                 for (int i = 0; i < nu; i++)
                     split_of[idx[i]] = i < n_val ? SPLIT_VAL : SPLIT_TRAIN;

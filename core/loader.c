@@ -65,13 +65,6 @@ static double now_seconds(void)
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
-static uint64_t mix3(uint64_t a, uint64_t b, uint64_t c)
-{
-    Rng r;
-    rng_seed(&r, a ^ (b * 0x9E3779B97F4A7C15ULL) ^ (c * 0xC2B2AE3D27D4EB4FULL));
-    return rng_next(&r);
-}
-
 /* The base (resized uint8) image of item, from the cache or decoded now. On a
  * miss that does not fit the cache, *owned is set and the caller frees it. */
 static int base_image(Loader *l, int item, uint8_t **base, int *bw, int *bh, int *owned,
@@ -131,7 +124,7 @@ static int build_batch(Loader *l, int b, int slot, int epoch, Error *err)
         if (base_image(l, item, &base, &bw, &bh, &owned, err))
             return -1;
         Rng r;
-        rng_seed(&r, mix3(l->o.seed, (uint64_t)epoch + 1, (uint64_t)pos));
+        rng_stream(&r, l->o.seed, RNG_AUGMENT, (uint64_t)epoch, (uint64_t)pos);
         preprocess_finish(l->xbuf[slot] + (size_t)i * l->per_image, base, bw, bh, &l->p,
                           l->o.augment ? &r : NULL);
         if (owned)
@@ -258,7 +251,7 @@ void loader_epoch_order(const Loader *l, int epoch, int *order)
     memcpy(order, l->pool, (size_t)l->n * sizeof(int));
     if (l->o.shuffle) {
         Rng r;
-        rng_seed(&r, mix3(l->o.seed, (uint64_t)epoch + 1, 0x5EED));
+        rng_stream(&r, l->o.seed, RNG_SHUFFLE, (uint64_t)epoch, 0);
         for (int i = l->n - 1; i > 0; i--) { /* Fisher-Yates */
             int j = (int)rng_below(&r, (uint64_t)i + 1);
             int t = order[i]; order[i] = order[j]; order[j] = t;

@@ -192,30 +192,73 @@ void resnet_free(Resnet *m)
     free(m);
 }
 
+/* A head dense layer as the variant's framework initialises a new one:
+ * torchvision's nn.Linear draws weight and bias from U(-1/sqrt(fan_in),
+ * 1/sqrt(fan_in)); Keras's Dense draws its kernel from glorot_uniform,
+ * U(-sqrt(6/(fan_in + fan_out)), +), with a zero bias. */
+static void init_head_dense(Layer *l, ResnetVariant variant, Rng *r)
+{
+    size_t n = (size_t)l->cin * l->cout;
+    if (variant == RESNET_KERAS) {
+        float lim = sqrtf(6.0f / (float)(l->cin + l->cout));
+        for (size_t j = 0; j < n; j++) l->w[j] = lim * (2.0f * rng_uniform(r) - 1.0f);
+        memset(l->b, 0, (size_t)l->cout * sizeof(float));
+    } else {
+        float lim = 1.0f / sqrtf((float)l->cin);
+        for (size_t j = 0; j < n; j++) l->w[j] = lim * (2.0f * rng_uniform(r) - 1.0f);
+        for (int j = 0; j < l->cout; j++) l->b[j] = lim * (2.0f * rng_uniform(r) - 1.0f);
+    }
+    l->loaded = 0;
+}
+
+void resnet_init_head(Resnet *m, uint64_t seed, uint64_t salt)
+{
+    const int head[2] = {m->hidden_fc, m->out_fc};
+    for (int h = 0; h < 2; h++) {
+        if (head[h] < 0)
+            continue;
+        Rng r;
+        rng_stream(&r, seed, RNG_HEAD, (uint64_t)h, salt);
+        init_head_dense(&m->layers[head[h]], m->cfg.variant, &r);
+    }
+}
+
 void resnet_init_random(Resnet *m, uint64_t seed)
 {
-    Rng r;
-    rng_seed(&r, seed);
     for (int i = 0; i < m->n_layers; i++) {
         Layer *l = &m->layers[i];
-        if (l->kind == LAYER_CONV || (l->kind == LAYER_DENSE && i != m->out_fc)) {
-            /* torchvision's kaiming_normal_(mode="fan_out") for convs */
-            size_t fan = l->kind == LAYER_CONV ? (size_t)l->k * l->k * l->cout : (size_t)l->cin;
-            size_t n = (size_t)(l->kind == LAYER_CONV ? l->k * l->k : 1) * l->cin * l->cout;
-            float std = sqrtf(2.0f / (float)fan);
+        l->loaded = 0;
+        if (i == m->out_fc || i == m->hidden_fc)
+            continue;
+        if (l->kind == LAYER_CONV) {
+            /* torchvision's kaiming_normal_(mode="fan_out"), from the layer's own stream */
+            Rng r;
+            rng_stream(&r, seed, RNG_INIT, (uint64_t)i, 0);
+            float std = sqrtf(2.0f / (float)((size_t)l->k * l->k * l->cout));
+            size_t n = (size_t)l->k * l->k * l->cin * l->cout;
             for (size_t j = 0; j < n; j++) l->w[j] = std * rng_normal(&r);
             if (l->b) memset(l->b, 0, (size_t)l->cout * sizeof(float));
-        } else if (l->kind == LAYER_DENSE) {
-            float lim = sqrtf(6.0f / (float)(l->cin + l->cout));
-            for (size_t j = 0; j < (size_t)l->cin * l->cout; j++)
-                l->w[j] = lim * (2.0f * rng_uniform(&r) - 1.0f);
-            memset(l->b, 0, (size_t)l->cout * sizeof(float));
         } else {
             for (int c = 0; c < l->cout; c++) {
                 l->w[c] = 1.0f; l->b[c] = 0.0f; l->rmean[c] = 0.0f; l->rvar[c] = 1.0f;
             }
         }
     }
+    resnet_init_head(m, seed, 0);
+}
+
+uint64_t resnet_backbone_fingerprint(const Resnet *m)
+{
+    uint64_t h = 0xCBF29CE484222325ULL;
+    for (int i = 0; i < m->n_params; i++) {
+        const ParamInfo *p = &m->params[i];
+        if (p->layer == m->out_fc || p->layer == m->hidden_fc)
+            continue;
+        const uint32_t *v = (const uint32_t *)(const void *)(m->param_data + p->offset);
+        for (size_t j = 0; j < p->numel; j++)
+            h = (h ^ v[j]) * 0x100000001B3ULL;
+    }
+    return h;
 }
 
 void resnet_set_trainable_all(Resnet *m, int trainable, int bn_batch_stats)
@@ -287,7 +330,7 @@ static size_t max_sz(size_t a, size_t b)
  * every activation backward needs; an inference plan keeps only what the next
  * layer reads, in a few rotating buffers (BN, ReLU and the residual add run in
  * place there). */
-static int plan(Resnet *m, int batch, int size, int training, Error *err)
+static int plan(Resnet *m, int batch, int size, int training, size_t *dry_bytes, Error *err)
 {
     if (m->arena && m->batch == batch && m->size == size && m->plan_training == training)
         return 0;
@@ -380,6 +423,10 @@ static int plan(Resnet *m, int batch, int size, int training, Error *err)
     for (int i = 0; i < m->n_layers; i++)
         o_bn[i] = L[i].kind == LAYER_BN ? reserve(&ap, 2 * (size_t)L[i].cout) : 0;
 
+    if (dry_bytes) {
+        *dry_bytes = ap.total * sizeof(float) + pool_sz * sizeof(int32_t);
+        return 0;
+    }
     m->arena = aligned_alloc(64, ap.total * sizeof(float));
     m->pool_arg = malloc(pool_sz * sizeof(int32_t));
     if (!m->arena || !m->pool_arg) {
@@ -419,12 +466,17 @@ static int plan(Resnet *m, int batch, int size, int training, Error *err)
 
 int resnet_plan(Resnet *m, int batch, int size, Error *err)
 {
-    return plan(m, batch, size, 1, err);
+    return plan(m, batch, size, 1, NULL, err);
+}
+
+int resnet_plan_bytes(Resnet *m, int batch, int size, size_t *bytes, Error *err)
+{
+    return plan(m, batch, size, 1, bytes, err);
 }
 
 int resnet_plan_inference(Resnet *m, int batch, int size, Error *err)
 {
-    return plan(m, batch, size, 0, err);
+    return plan(m, batch, size, 0, NULL, err);
 }
 
 /* ---- forward --------------------------------------------------------------- */

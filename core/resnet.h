@@ -46,6 +46,8 @@ typedef struct {
     LayerKind kind;
     int trainable;        /* parameters receive gradients and optimizer updates */
     int batch_stats;      /* BN only: use batch statistics when training (train mode) */
+    int loaded;           /* its parameters came from a weights file (weights_load), not
+                           * from a random initialisation */
     int k, stride, pad, cin, cout, has_bias; /* conv; dense uses cin/cout/has_bias */
     float eps;                               /* BN */
     float *w, *b;         /* conv/dense weight and bias; BN gamma and beta */
@@ -117,16 +119,35 @@ typedef struct Resnet {
 int resnet_create(Resnet **out, const ResnetConfig *cfg, Error *err);
 void resnet_free(Resnet *m);
 
-/* He-normal initialisation with a seed: convs N(0, 2/fan_out) as torchvision
- * initialises them (kaiming_normal_, mode "fan_out"), the hidden layer N(0, 2/fan_in),
- * the classifier Glorot-uniform, biases 0, BN gamma 1 and beta 0, running mean 0
- * and running var 1. The same seed gives the same weights. */
+/* Seeded random initialisation, each layer from its own stream of the seed
+ * (rng.h), so no two layers share draws: convs N(0, 2/fan_out) as torchvision
+ * initialises them (kaiming_normal_, mode "fan_out"), conv biases 0, BN gamma 1,
+ * beta 0, running mean 0 and running var 1, and the head as resnet_init_head(m,
+ * seed, 0). Clears every layer's `loaded`. The same seed gives the same weights. */
 void resnet_init_random(Resnet *m, uint64_t seed);
+
+/* Initialises the head's dense layers as the variant's framework initialises a
+ * new layer: torchvision (nn.Linear) weight and bias U(+-1/sqrt(fan_in)); Keras
+ * (Dense) glorot_uniform kernel, zero bias. The draws come from the seed's head
+ * stream mixed with salt, and do not depend on the backbone: a job that loads a
+ * backbone passes its resnet_backbone_fingerprint, so that fine-tuning weights
+ * pretrained with the same seed does not start from the pretraining's own
+ * initial head. */
+void resnet_init_head(Resnet *m, uint64_t seed, uint64_t salt);
+
+/* A 64-bit hash (FNV-1a over the bits) of every backbone parameter and running
+ * statistic: equal backbones give equal fingerprints. */
+uint64_t resnet_backbone_fingerprint(const Resnet *m);
 
 /* Allocates activations for training (forward in either mode, and backward) for
  * up to `batch` images of size x size (>= 32). Calling it again with the same
  * values does nothing. */
 int resnet_plan(Resnet *m, int batch, int size, Error *err);
+
+/* The bytes resnet_plan(m, batch, size) would allocate, without allocating
+ * them; m is left unplanned (as before a first resnet_plan). Errors as
+ * resnet_plan's (batch < 1, size < 32). */
+int resnet_plan_bytes(Resnet *m, int batch, int size, size_t *bytes, Error *err);
 
 /* Like resnet_plan, but keeps only what a forward needs (no backward, no training
  * forward): a few rotating buffers instead of every activation. */

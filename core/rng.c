@@ -35,3 +35,24 @@ uint64_t rng_below(Rng *r, uint64_t n)
     do x = rng_next(r); while (x >= limit);
     return x % n;
 }
+
+/* splitmix64's finaliser: a bijection of 64-bit values that mixes every bit. */
+static uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+uint64_t rng_derive(uint64_t seed, RngPurpose purpose, uint64_t a, uint64_t b)
+{
+    uint64_t h = mix64(seed + 0x9E3779B97F4A7C15ULL);
+    h = mix64(h ^ ((uint64_t)purpose * 0xD1B54A32D192ED03ULL));
+    h = mix64(h ^ (a + 0x8CB92BA72F3D8DD7ULL));
+    return mix64(h ^ (b + 0xC2B2AE3D27D4EB4FULL));
+}
+
+void rng_stream(Rng *r, uint64_t seed, RngPurpose purpose, uint64_t a, uint64_t b)
+{
+    rng_seed(r, rng_derive(seed, purpose, a, b));
+}

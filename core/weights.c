@@ -339,6 +339,9 @@ int weights_load(Resnet *m, const char *path, int load_head, Error *err)
         goto fail;
     }
     memcpy(m->param_data, staged, m->n_floats * sizeof(float));
+    for (int i = 0; i < m->n_layers; i++)
+        if (load_head || !is_head_layer(m, i))
+            m->layers[i].loaded = 1;
     rc = 0;
 fail:
     free(staged);

@@ -43,7 +43,8 @@ int weights_probe(const char *path, WeightsInfo *info, Error *err);
 /* Loads every backbone tensor of path into m (whose variant must match the
  * file's) and, when load_head, the head too (its shape must match m's head).
  * Every tensor is validated (missing, wrong shape, unexpected name) before m is
- * changed: on error m is untouched. */
+ * changed: on error m is untouched. On success every layer read is marked
+ * `loaded`. */
 int weights_load(Resnet *m, const char *path, int load_head, Error *err);
 
 /* What to write: the parameters, or (for tests) their gradients in the same layout. */

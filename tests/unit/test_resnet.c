@@ -505,6 +505,89 @@ static void test_seeded_init(void **state)
     resnet_free(c);
 }
 
+
+/* Largest |x| over n values. */
+static float max_abs(const float *x, size_t n)
+{
+    float m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
+    return m;
+}
+
+static int same_layer(const Resnet *a, const Resnet *b, const char *name)
+{
+    const Layer *la = &a->layers[resnet_find_layer(a, name)];
+    const Layer *lb = &b->layers[resnet_find_layer(b, name)];
+    size_t n = la->kind == LAYER_CONV ? (size_t)la->k * la->k * la->cin * la->cout
+                                      : (size_t)la->cin * la->cout;
+    return !memcmp(la->w, lb->w, n * sizeof(float));
+}
+
+/* Each layer and the head draw from streams of their own: the backbone does not
+ * depend on the head (another class count or a hidden layer), the head does not
+ * depend on the backbone, and a salt gives another head on the same backbone. */
+static void test_independent_streams(void **state)
+{
+    (void)state;
+    Resnet *a = model(RESNET_TORCHVISION, 5, 0, 7), *b = model(RESNET_TORCHVISION, 5, 16, 7);
+    Resnet *c = model(RESNET_TORCHVISION, 9, 0, 7);
+    assert_true(same_layer(a, b, "conv1") && same_layer(a, b, "layer4.2.conv3"));
+    assert_true(same_layer(a, c, "layer2.1.conv2"));
+    /* no two convs of one shape replay each other's draws */
+    const Layer *x = &a->layers[resnet_find_layer(a, "layer1.1.conv2")];
+    const Layer *y = &a->layers[resnet_find_layer(a, "layer1.2.conv2")];
+    assert_true(memcmp(x->w, y->w, (size_t)9 * 64 * 64 * sizeof(float)) != 0);
+    /* the same seed with the backbone replaced keeps the head... */
+    Resnet *d = model(RESNET_TORCHVISION, 5, 0, 7);
+    for (int i = 0; i < d->n_layers; i++)
+        if (d->layers[i].kind == LAYER_CONV && d->layers[i].w[0] != 0)
+            d->layers[i].w[0] *= 2.0f;
+    assert_true(same_layer(a, d, "fc"));
+    /* ...unless the head is drawn for that backbone */
+    uint64_t fa = resnet_backbone_fingerprint(a), fd = resnet_backbone_fingerprint(d);
+    assert_true(fa != fd);
+    assert_true(fa == resnet_backbone_fingerprint(b)); /* the head does not enter it */
+    resnet_init_head(d, 7, fd);
+    assert_false(same_layer(a, d, "fc"));
+    resnet_init_head(d, 7, 0);
+    assert_true(same_layer(a, d, "fc"));
+    resnet_free(a);
+    resnet_free(b);
+    resnet_free(c);
+    resnet_free(d);
+}
+
+/* A new head as the variant's framework makes one: torchvision nn.Linear
+ * U(+-1/sqrt(fan_in)) for weight and bias, Keras glorot_uniform and a zero bias. */
+static void test_head_init_like_the_framework(void **state)
+{
+    (void)state;
+    Resnet *t = model(RESNET_TORCHVISION, 10, 256, 3), *k = model(RESNET_KERAS, 10, 256, 3);
+    const int heads[2][2] = {{t->hidden_fc, t->out_fc}, {k->hidden_fc, k->out_fc}};
+    for (int v = 0; v < 2; v++)
+        for (int h = 0; h < 2; h++) {
+            const Layer *l = &(v ? k : t)->layers[heads[v][h]];
+            size_t n = (size_t)l->cin * l->cout;
+            double lim = v ? sqrt(6.0 / (l->cin + l->cout)) : 1.0 / sqrt((double)l->cin);
+            double sq = 0;
+            for (size_t i = 0; i < n; i++) sq += (double)l->w[i] * l->w[i];
+            /* uniform on [-lim, lim]: every value inside, variance lim^2 / 3 */
+            assert_true(max_abs(l->w, n) <= lim);
+            assert_true(max_abs(l->w, n) > 0.95 * lim);
+            assert_true(fabs(sq / n - lim * lim / 3) < 0.1 * lim * lim / 3);
+            if (v) {
+                assert_true(max_abs(l->b, (size_t)l->cout) == 0.0f);
+            } else {
+                assert_true(max_abs(l->b, (size_t)l->cout) <= lim);
+                assert_true(max_abs(l->b, (size_t)l->cout) > 0.0f);
+            }
+            assert_int_equal(l->loaded, 0);
+        }
+    resnet_free(t);
+    resnet_free(k);
+}
+
 int main(int argc, char **argv)
 {
     testutil_init(argc, argv);
@@ -519,6 +602,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_fold_training_torchvision),
         cmocka_unit_test(test_fold_training_keras),
         cmocka_unit_test(test_seeded_init),
+        cmocka_unit_test(test_independent_streams),
+        cmocka_unit_test(test_head_init_like_the_framework),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
