@@ -302,7 +302,7 @@ static int parse_phase(Ctx *c, json_t *o, const char *path, int index, PhaseSpec
 {
     static const char *const keys[] = {"name", "epochs", "train", "bn", "optimizer",
                                        "lr_schedule", NULL};
-    static const char *const bn[] = {"frozen", "train", NULL};
+    static const char *const bn[] = {"auto", "frozen", "train", NULL};
     memset(ph, 0, sizeof *ph);
     if (!json_is_object(o))
         return fail(c, path, "must be an object with epochs, train and optimizer");
@@ -317,9 +317,9 @@ static int parse_phase(Ctx *c, json_t *o, const char *path, int index, PhaseSpec
     char p[JOBSPEC_PATH_MAX];
     join(p, sizeof p, path, "train");
     if (check_selector(c, p, ph->train)) return -1;
-    char b[16] = "frozen";
+    char b[16] = "auto";
     if (get_str(c, o, path, "bn", 0, bn, b, sizeof b)) return -1;
-    ph->bn_train = !strcmp(b, "train");
+    ph->bn = !strcmp(b, "train") ? BN_TRAIN : !strcmp(b, "frozen") ? BN_FROZEN : BN_AUTO;
     join(p, sizeof p, path, "optimizer");
     json_t *opt = json_object_get(o, "optimizer");
     if (!opt)

@@ -16,6 +16,7 @@
 #include "error.h"
 #include "optim.h"
 #include "preprocess.h"
+#include "select.h"
 
 #define JOBSPEC_MAX_PHASES 8
 #define JOBSPEC_MAX_CLASS_WEIGHTS 1024
@@ -37,7 +38,9 @@ typedef struct {
     char name[64];
     int epochs;                 /* >= 1 */
     char train[64];             /* trainable selector: head, all, stage:N, from:BLOCK, keras_last:N */
-    int bn_train;               /* "bn": "train" (1) or "frozen" (0, default) */
+    BnMode bn;                  /* "bn": "auto" (default: batch statistics for trainable
+                                 * layers not loaded from the weights file), "frozen" or
+                                 * "train" (select.h) */
     OptimConfig optimizer;
     LrSchedule lr_schedule;
 } PhaseSpec;

@@ -141,7 +141,7 @@ static void mark_keras_last(const Resnet *m, int n, int *mask)
     }
 }
 
-int select_trainable(Resnet *m, const char *selector, int bn_train, int *n_selected,
+int select_trainable(Resnet *m, const char *selector, BnMode bn, int *n_selected,
                      Error *err)
 {
     int mask[RESNET_MAX_LAYERS] = {0};
@@ -192,7 +192,8 @@ int select_trainable(Resnet *m, const char *selector, int bn_train, int *n_selec
     for (int i = 0; i < m->n_layers; i++) {
         Layer *l = &m->layers[i];
         l->trainable = mask[i];
-        l->batch_stats = l->kind == LAYER_BN && mask[i] && bn_train;
+        l->batch_stats = l->kind == LAYER_BN && mask[i] &&
+                         (bn == BN_TRAIN || (bn == BN_AUTO && !l->loaded));
         count += mask[i];
     }
     if (n_selected)
@@ -229,4 +230,19 @@ const char *select_describe(const Resnet *m, char *buf, size_t len)
         snprintf(buf + w, len - (size_t)w, ", lowest %s (%s)", m->layers[lowest].keras_name,
                  m->layers[lowest].name);
     return buf;
+}
+
+int select_frozen_random_bn(const Resnet *m)
+{
+    int n = 0;
+    for (int i = 0; i < m->n_layers; i++) {
+        const Layer *l = &m->layers[i];
+        n += l->kind == LAYER_BN && l->trainable && !l->loaded && !l->batch_stats;
+    }
+    return n;
+}
+
+const char *select_bn_name(BnMode bn)
+{
+    return bn == BN_TRAIN ? "train" : bn == BN_FROZEN ? "frozen" : "auto";
 }

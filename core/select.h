@@ -24,17 +24,26 @@
 #include "error.h"
 #include "resnet.h"
 
+/* Which BN layers of the trainable ones use batch statistics while training
+ * (a phase's "bn"). Layers that are not trainable never do. */
+typedef enum {
+    BN_AUTO = 0,  /* those whose weights were not loaded from a file (Layer.loaded == 0):
+                   * random layers learn their statistics, pretrained ones keep theirs */
+    BN_FROZEN,    /* none: inference mode with the running statistics */
+    BN_TRAIN      /* all */
+} BnMode;
+
 /* Number of layers in Keras's ResNet50(include_top=False).layers. */
 #define SELECT_KERAS_LAYERS 175
 #define SELECT_NAME_MAX 40
 
 /* Sets every layer's `trainable` from the selector and its `batch_stats` to
- * (kind == LAYER_BN && trainable && bn_train): a frozen layer never uses batch
- * statistics. *n_selected (may be NULL) receives the number of trainable layers.
+ * (kind == LAYER_BN && trainable && (bn == BN_TRAIN || (bn == BN_AUTO &&
+ * !loaded))): a frozen layer never uses batch statistics. *n_selected (may be NULL) receives the number of trainable layers.
  * On error (unknown selector, out-of-range number, unknown block) returns -1 with
  * a message that names the selector and what was expected, and leaves m unchanged.
  * m is modified, selector is borrowed. */
-int select_trainable(Resnet *m, const char *selector, int bn_train, int *n_selected,
+int select_trainable(Resnet *m, const char *selector, BnMode bn, int *n_selected,
                      Error *err);
 
 /* Writes the first min(max, SELECT_KERAS_LAYERS) names of Keras's
@@ -49,5 +58,13 @@ int select_keras_layer_names(char names[][SELECT_NAME_MAX], int max);
  *  parameters, lowest conv4_block5_2_conv (layer3.4.conv2)".
  * Returns buf. */
 const char *select_describe(const Resnet *m, char *buf, size_t len);
+
+/* BN layers that are trainable, were not loaded from a weights file, and run in
+ * inference mode (their running statistics 0 and 1 never change): what an
+ * explicit "bn": "frozen" does to randomly initialised layers. */
+int select_frozen_random_bn(const Resnet *m);
+
+/* The name of a BnMode as a job spec writes it ("auto", "frozen", "train"). */
+const char *select_bn_name(BnMode bn);
 
 #endif

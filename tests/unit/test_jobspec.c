@@ -50,7 +50,8 @@ static void test_design_example(void **state)
     assert_true(s.phases[0].optimizer.beta2 == 0.999f);
     assert_int_equal(s.phases[0].lr_schedule.type, LR_CONSTANT);
     assert_string_equal(s.phases[1].train, "keras_last:50");
-    assert_int_equal(s.phases[1].bn_train, 0);
+    assert_int_equal(s.phases[0].bn, BN_AUTO); /* no "bn": the default */
+    assert_int_equal(s.phases[1].bn, BN_FROZEN);
     assert_int_equal(s.phases[1].optimizer.type, OPTIM_SGD);
     assert_true(s.phases[1].optimizer.momentum == 0.9f);
     assert_true(s.phases[1].optimizer.weight_decay == 1e-4f);
@@ -88,7 +89,7 @@ static void test_defaults_and_custom(void **state)
     assert_string_equal(s.class_weight_names[0], "cat");
     assert_true(s.class_weight_values[1] == 0.5f);
     assert_string_equal(s.phases[0].name, "phase1");
-    assert_int_equal(s.phases[0].bn_train, 1);
+    assert_int_equal(s.phases[0].bn, BN_TRAIN);
     assert_true(s.phases[0].optimizer.weight_decay == 0.01f); /* AdamW default */
     assert_true(s.phases[0].optimizer.beta1 == 0.8f);
     assert_int_equal(s.early_stopping, 0);

@@ -54,10 +54,10 @@ static int n_head(const Resnet *m)
     return m->hidden_fc >= 0 ? 2 : 1;
 }
 
-static void select_ok(Resnet *m, const char *sel, int bn_train, int *n)
+static void select_ok(Resnet *m, const char *sel, BnMode bn, int *n)
 {
     Error err = {{0}};
-    if (select_trainable(m, sel, bn_train, n, &err))
+    if (select_trainable(m, sel, bn, n, &err))
         fail_msg("%s: %s", sel, err.msg);
 }
 
@@ -73,10 +73,10 @@ static int count_trainable(const Resnet *m)
 static void assert_same(Resnet *m, const char *a, const char *b)
 {
     int ta[RESNET_MAX_LAYERS], na, nb;
-    select_ok(m, a, 1, &na);
+    select_ok(m, a, BN_TRAIN, &na);
     for (int i = 0; i < m->n_layers; i++)
         ta[i] = m->layers[i].trainable;
-    select_ok(m, b, 1, &nb);
+    select_ok(m, b, BN_TRAIN, &nb);
     for (int i = 0; i < m->n_layers; i++)
         if (ta[i] != m->layers[i].trainable)
             fail_msg("%s vs %s differ at %s", a, b, m->layers[i].keras_name);
@@ -222,7 +222,7 @@ static void test_keras_last_50(void **state)
     for (int k = 0; k < N_MODELS; k++) {
         Resnet *m = models[k];
         int n = -1;
-        select_ok(m, "keras_last:50", 0, &n);
+        select_ok(m, "keras_last:50", BN_FROZEN, &n);
         assert_backbone_selection(m, "keras_last:50", n, KERAS_LAST_50, 30);
         assert_int_equal(n, 30 + n_head(m));
         assert_false(m->layers[resnet_find_layer(m, "conv4_block5_1_conv")].trainable);
@@ -240,15 +240,15 @@ static void test_keras_last_tail_without_weights(void **state)
         Resnet *m = models[k];
         int n;
         /* [-1:] is conv5_block3_out (ReLU), [-2:] adds conv5_block3_add: head only */
-        select_ok(m, "keras_last:1", 1, &n);
+        select_ok(m, "keras_last:1", BN_TRAIN, &n);
         assert_backbone_selection(m, "keras_last:1", n, NULL, 0);
-        select_ok(m, "keras_last:2", 1, &n);
+        select_ok(m, "keras_last:2", BN_TRAIN, &n);
         assert_backbone_selection(m, "keras_last:2", n, NULL, 0);
         assert_same(m, "keras_last:2", "head");
         /* [-3:] reaches the last BN, [-4:] the last conv */
-        select_ok(m, "keras_last:3", 1, &n);
+        select_ok(m, "keras_last:3", BN_TRAIN, &n);
         assert_backbone_selection(m, "keras_last:3", n, last3, 1);
-        select_ok(m, "keras_last:4", 1, &n);
+        select_ok(m, "keras_last:4", BN_TRAIN, &n);
         assert_backbone_selection(m, "keras_last:4", n, last4, 2);
     }
 }
@@ -259,7 +259,7 @@ static void test_keras_last_whole_model(void **state)
     for (int k = 0; k < N_MODELS; k++) {
         Resnet *m = models[k];
         int n;
-        select_ok(m, "keras_last:175", 1, &n);
+        select_ok(m, "keras_last:175", BN_TRAIN, &n);
         assert_int_equal(n, m->n_layers);
         assert_same(m, "keras_last:175", "all");
         /* the input layer has no weights */
@@ -281,11 +281,11 @@ static void test_head_and_all(void **state)
     for (int k = 0; k < N_MODELS; k++) {
         Resnet *m = models[k];
         int n;
-        select_ok(m, "head", 1, &n);
+        select_ok(m, "head", BN_TRAIN, &n);
         assert_int_equal(n, n_head(m));
         for (int i = 0; i < m->n_layers; i++)
             assert_int_equal(m->layers[i].trainable, is_head(m, i));
-        select_ok(m, "all", 1, &n);
+        select_ok(m, "all", BN_TRAIN, &n);
         assert_int_equal(n, m->n_layers);
         assert_int_equal(n, 106 + n_head(m));
         for (int i = 0; i < m->n_layers; i++)
@@ -321,17 +321,17 @@ static void test_stage(void **state)
             char sel[32];
             int n;
             snprintf(sel, sizeof sel, "stage:%d", s);
-            select_ok(m, sel, 1, &n);
+            select_ok(m, sel, BN_TRAIN, &n);
             assert_stages_from(m, s, n);
             assert_int_equal(n, backbone_from[s] + n_head(m));
         }
         /* stage:2 is everything but the stem */
-        select_ok(m, "stage:2", 1, NULL);
+        select_ok(m, "stage:2", BN_TRAIN, NULL);
         assert_false(m->layers[m->stem_conv].trainable);
         assert_false(m->layers[m->stem_bn].trainable);
         assert_int_equal(count_trainable(m), m->n_layers - 2);
         /* Keras convN is torchvision layer(N-1) */
-        select_ok(m, "stage:5", 1, NULL);
+        select_ok(m, "stage:5", BN_TRAIN, NULL);
         assert_true(m->layers[resnet_find_layer(m, "layer4.0.downsample.0")].trainable);
         assert_false(m->layers[resnet_find_layer(m, "layer3.5.bn3")].trainable);
     }
@@ -343,7 +343,7 @@ static void test_from(void **state)
     for (int k = 0; k < N_MODELS; k++) {
         Resnet *m = models[k];
         int n;
-        select_ok(m, "from:conv4_block6", 1, &n);
+        select_ok(m, "from:conv4_block6", BN_TRAIN, &n);
         for (int i = 0; i < m->n_layers; i++) {
             const char *kn = m->layers[i].keras_name;
             int want = is_head(m, i) || !strncmp(kn, "conv5_", 6) ||
@@ -360,7 +360,7 @@ static void test_from(void **state)
         assert_same(m, "from:conv1", "all");
         assert_same(m, "from:stem", "all");
         /* conv5_block3 is the last block: its 6 layers and the head */
-        select_ok(m, "from:layer4.2", 1, &n);
+        select_ok(m, "from:layer4.2", BN_TRAIN, &n);
         assert_int_equal(n, 6 + n_head(m));
         assert_true(m->layers[resnet_find_layer(m, "conv5_block3_1_conv")].trainable);
         assert_false(m->layers[resnet_find_layer(m, "conv5_block2_3_bn")].trainable);
@@ -369,35 +369,57 @@ static void test_from(void **state)
 
 /* ---- batch statistics ---------------------------------------------------- */
 
-static void test_batch_stats_follow_bn_train(void **state)
+/* Marks every layer as loaded from a file except the head and, when
+ * random_from is a layer index, every layer from it on (a partly pretrained
+ * model). */
+static void mark_loaded(Resnet *m, int random_from)
+{
+    for (int i = 0; i < m->n_layers; i++)
+        m->layers[i].loaded = i != m->out_fc && i != m->hidden_fc &&
+                              (random_from < 0 || i < random_from);
+}
+
+static void test_batch_stats_follow_bn(void **state)
 {
     (void)state;
     static const char *const sels[] = {"head", "all", "stage:4", "from:layer3.5",
                                        "keras_last:50", "keras_last:3"};
     for (int k = 0; k < N_MODELS; k++) {
         Resnet *m = models[k];
+        /* loaded up to conv4_block1, random from there: auto differs from both */
+        mark_loaded(m, resnet_find_layer(m, "conv4_block1_1_conv"));
         for (size_t s = 0; s < sizeof sels / sizeof sels[0]; s++)
-            for (int bn_train = 0; bn_train <= 1; bn_train++) {
+            for (BnMode bn = BN_AUTO; bn <= BN_TRAIN; bn++) {
                 /* start from the opposite state, so stale flags would show */
                 resnet_set_trainable_all(m, 1, 1);
-                select_ok(m, sels[s], bn_train, NULL);
-                int n_bs = 0, n_bn_trainable = 0;
+                select_ok(m, sels[s], bn, NULL);
+                int n_bs = 0, n_bn_trainable = 0, n_random = 0;
                 for (int i = 0; i < m->n_layers; i++) {
                     const Layer *l = &m->layers[i];
-                    int want = l->kind == LAYER_BN && l->trainable && bn_train;
+                    int bn_trainable = l->kind == LAYER_BN && l->trainable;
+                    int want = bn_trainable && (bn == BN_TRAIN || (bn == BN_AUTO && !l->loaded));
                     if (l->batch_stats != want)
-                        fail_msg("%s bn_train=%d: %s batch_stats %d", sels[s], bn_train,
+                        fail_msg("%s bn=%s: %s batch_stats %d", sels[s], select_bn_name(bn),
                                  l->keras_name, l->batch_stats);
                     n_bs += l->batch_stats;
-                    n_bn_trainable += l->kind == LAYER_BN && l->trainable;
+                    n_bn_trainable += bn_trainable;
+                    n_random += bn_trainable && !l->loaded;
                 }
-                assert_int_equal(n_bs, bn_train ? n_bn_trainable : 0);
+                assert_int_equal(n_bs, bn == BN_TRAIN  ? n_bn_trainable
+                                       : bn == BN_AUTO ? n_random : 0);
+                /* frozen BN of random layers is exactly what "frozen" leaves */
+                assert_int_equal(select_frozen_random_bn(m), bn == BN_FROZEN ? n_random : 0);
             }
-        /* a non-zero bn_train other than 1 still means train mode, as a flag */
-        select_ok(m, "keras_last:50", 7, NULL);
+        select_ok(m, "all", BN_AUTO, NULL);
         assert_int_equal(m->layers[resnet_find_layer(m, "conv5_block3_3_bn")].batch_stats, 1);
-        assert_int_equal(m->layers[resnet_find_layer(m, "conv4_block5_1_bn")].batch_stats, 0);
+        assert_int_equal(m->layers[resnet_find_layer(m, "conv3_block4_3_bn")].batch_stats, 0);
         assert_int_equal(m->layers[resnet_find_layer(m, "conv5_block3_3_conv")].batch_stats, 0);
+        /* a model from random weights trains every trainable BN by default */
+        mark_loaded(m, 0);
+        select_ok(m, "stage:5", BN_AUTO, NULL);
+        assert_int_equal(m->layers[resnet_find_layer(m, "conv5_block1_1_bn")].batch_stats, 1);
+        assert_int_equal(m->layers[resnet_find_layer(m, "conv4_block6_3_bn")].batch_stats, 0);
+        mark_loaded(m, -1);
     }
 }
 
@@ -448,7 +470,7 @@ static void test_errors(void **state)
     };
     for (int k = 0; k < N_MODELS; k++) {
         Resnet *m = models[k];
-        select_ok(m, "keras_last:50", 1, NULL);
+        select_ok(m, "keras_last:50", BN_TRAIN, NULL);
         int before[RESNET_MAX_LAYERS], before_bs[RESNET_MAX_LAYERS];
         for (int i = 0; i < m->n_layers; i++) {
             before[i] = m->layers[i].trainable;
@@ -457,7 +479,7 @@ static void test_errors(void **state)
         for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
             Error err = {{0}};
             int n = -12345;
-            if (select_trainable(m, cases[c].sel, 1, &n, &err) != -1)
+            if (select_trainable(m, cases[c].sel, BN_TRAIN, &n, &err) != -1)
                 fail_msg("'%s' was accepted", cases[c].sel);
             if (!strstr(err.msg, cases[c].msg))
                 fail_msg("'%s': message \"%s\" lacks \"%s\"", cases[c].sel, err.msg,
@@ -469,10 +491,10 @@ static void test_errors(void **state)
                     fail_msg("'%s' changed %s", cases[c].sel, m->layers[i].keras_name);
         }
         Error err = {{0}};
-        assert_int_equal(select_trainable(m, NULL, 0, NULL, &err), -1);
+        assert_int_equal(select_trainable(m, NULL, BN_FROZEN, NULL, &err), -1);
         assert_non_null(strstr(err.msg, "train: no selector given (expected head, all"));
         /* a NULL Error is allowed */
-        assert_int_equal(select_trainable(m, "stage:9", 0, NULL, NULL), -1);
+        assert_int_equal(select_trainable(m, "stage:9", BN_FROZEN, NULL, NULL), -1);
     }
 }
 
@@ -483,16 +505,16 @@ static void test_describe(void **state)
     (void)state;
     Resnet *m = models[0];
     char buf[256];
-    select_ok(m, "head", 0, NULL);
+    select_ok(m, "head", BN_FROZEN, NULL);
     /* the classifier is 2048 x 5 + 5 */
     assert_string_equal(select_describe(m, buf, sizeof buf),
                         "1 of 107 layers trainable (0 BN with batch statistics), 10245 of "
                         "23518277 parameters, lowest predictions (fc)");
-    select_ok(m, "keras_last:50", 1, NULL);
+    select_ok(m, "keras_last:50", BN_TRAIN, NULL);
     select_describe(m, buf, sizeof buf);
     assert_non_null(strstr(buf, "31 of 107 layers trainable (15 BN with batch statistics)"));
     assert_non_null(strstr(buf, "lowest conv4_block5_2_conv (layer3.4.conv2)"));
-    select_ok(m, "all", 1, NULL);
+    select_ok(m, "all", BN_TRAIN, NULL);
     char expect[128];
     snprintf(expect, sizeof expect, "%zu of %zu parameters", resnet_param_count(m),
              resnet_param_count(m));
@@ -516,7 +538,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_head_and_all),
         cmocka_unit_test(test_stage),
         cmocka_unit_test(test_from),
-        cmocka_unit_test(test_batch_stats_follow_bn_train),
+        cmocka_unit_test(test_batch_stats_follow_bn),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_describe),
     };
