@@ -15,6 +15,7 @@
 #include <sys/mman.h>
 #include <sys/statvfs.h>
 
+#include "jobcheck.h"
 #include "loader.h"
 #include "optim.h"
 #include "resnet.h"
@@ -141,17 +142,8 @@ static int build_model(const JobSpec *s, int n_classes, Resnet **out, Normalizat
     ResnetConfig cfg = {random ? RESNET_TORCHVISION : info.variant, n_classes, s->head_hidden,
                         s->head_dropout};
     int overridden = 0;
-    const char *declared = random ? NULL : info.preprocess;
-    int rc;
-    if (!strcmp(s->preprocess, "custom")) {
-        *norm = s->custom;
-        rc = preprocess_resolve_norm(norm, NULL, declared, s->preprocess_override, &overridden,
-                                     err);
-    } else {
-        rc = preprocess_resolve_norm(norm, s->preprocess, declared, s->preprocess_override,
-                                     &overridden, err);
-    }
-    if (rc) {
+    const char *from;
+    if (jobcheck_preprocess(s, random ? NULL : info.preprocess, norm, &overridden, &from, err)) {
         error_wrap(err, "preprocess");
         weights_info_free(&info);
         return -1;
@@ -169,12 +161,18 @@ static int build_model(const JobSpec *s, int n_classes, Resnet **out, Normalizat
         return -1;
     }
     resnet_init_random(*out, s->seed);
-    if (!random && weights_load(*out, s->weights, 0, err)) {
-        resnet_free(*out);
-        *out = NULL;
-        weights_info_free(&info);
-        return -1;
+    if (!random) {
+        if (weights_load(*out, s->weights, 0, err)) {
+            resnet_free(*out);
+            *out = NULL;
+            weights_info_free(&info);
+            return -1;
+        }
+        /* a new head whose draws depend on the backbone it sits on: weights that
+         * resnetd pretrained with this seed must not get their own initial head back */
+        resnet_init_head(*out, s->seed, resnet_backbone_fingerprint(*out));
     }
+    rng_stream(&(*out)->dropout_rng, s->seed, RNG_DROPOUT, 0, 0);
     weights_info_free(&info);
     return 0;
 }
@@ -664,9 +662,10 @@ static double overfit_batch(const JobSpec *s, Resnet *m, const float *x, const i
     }
     memcpy(saved, m->param_data, m->n_floats * sizeof(float));
     Rng rng = m->dropout_rng;
+    rng_stream(&m->dropout_rng, s->seed, RNG_PROBE, 0, 0);
     double acc = -2;
     Optimizer o;
-    if (!select_trainable(m, s->phases[0].train, s->phases[0].bn_train, NULL, err) &&
+    if (!select_trainable(m, s->phases[0].train, s->phases[0].bn, NULL, err) &&
         !optim_init(&o, &s->phases[0].optimizer, m, err)) {
         for (int i = 0; i < s->overfit_steps; i++) {
             resnet_zero_grad(m);
@@ -783,7 +782,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
     float *bn_x = NULL, *bn_scratch = NULL;
     int *bn_labels = NULL, bn_n = 0;
     int rc = -1;
-    diag_init(&diag, 1, 0, 0);
+    diag_init(&diag, &(DiagJob){.n_classes = 1});
     memset(&ck, 0, sizeof ck);
     memset(&cache, 0, sizeof cache);
     cache.unit = -1;
@@ -844,10 +843,13 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
     }
     int epoch = resumed ? ck.epoch_next : 0;
     if (cb && cb->on_start)
-        cb->on_start(cb->ctx, &ds, &p, epoch, resumed ? ck.step_next : 0);
+        cb->on_start(cb->ctx, &ds, m, &p, epoch, resumed ? ck.step_next : 0);
     diag_free(&diag);
-    diag_init(&diag, ds.n_classes, s->class_weight != CLASS_WEIGHT_NONE,
-              ds.report.imbalance[SPLIT_TRAIN]);
+    diag_init(&diag, &(DiagJob){.n_classes = ds.n_classes,
+                                .class_weighting = s->class_weight != CLASS_WEIGHT_NONE,
+                                .imbalance = ds.report.imbalance[SPLIT_TRAIN],
+                                .pretrained = strcmp(s->weights, "random") != 0,
+                                .steps_per_epoch = loader_batches_per_epoch(train)});
     if (!resumed && preflight(s, m, &ds, &p, &facts, train, cb, err))
         goto done;
     bn_x = malloc((size_t)s->batch_size * s->input_size * s->input_size * 3 * sizeof(float));
@@ -861,7 +863,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
         const int resuming = resumed && pi == ck.phase;
         char where[96];
         snprintf(where, sizeof where, "phases[%d].train", pi);
-        if (select_trainable(m, ph->train, ph->bn_train, NULL, err)) {
+        if (select_trainable(m, ph->train, ph->bn, NULL, err)) {
             error_wrap(err, "%s", where);
             goto done;
         }
@@ -879,7 +881,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             bn_train_layers += m->layers[i].kind == LAYER_BN && m->layers[i].batch_stats;
         bn_n = 0;
         if (!(resuming && (ck.phase_epoch_next > 0 || ck.step_next > 0)))
-            diag_phase(pi, ph->name, bn_train_layers, s->batch_size, epoch,
+            diag_phase(&diag, pi, ph->name, bn_train_layers, select_frozen_random_bn(m), s->batch_size, epoch,
                        cb ? cb->on_finding : NULL, cb ? cb->ctx : NULL);
         if (cb && cb->on_phase) {
             char desc[320];

@@ -73,10 +73,11 @@ typedef struct {
     void (*on_done)(void *ctx, const struct Resnet *m, const Dataset *ds, const Preprocess *p);
     /* once, after the dataset is scanned, the model built and a checkpoint
      * loaded, before the first phase (borrowed for the call): the class names,
-     * the preprocessing in force, and the first epoch and step that will run
-     * (0 and 0, or where a resumed checkpoint left off) */
-    void (*on_start)(void *ctx, const Dataset *ds, const Preprocess *p, int first_epoch,
-                     int first_step);
+     * the model as it will start (its new head as drawn, or a checkpoint's), the
+     * preprocessing in force, and the first epoch and step that will run (0 and
+     * 0, or where a resumed checkpoint left off) */
+    void (*on_start)(void *ctx, const Dataset *ds, const struct Resnet *m, const Preprocess *p,
+                     int first_epoch, int first_step);
     /* a diagnosis finding (diagnose.h): dataset and preflight findings before the
      * first epoch (not again when resuming), phase findings at a phase's start,
      * epoch findings right after that epoch's on_epoch */

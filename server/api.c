@@ -32,11 +32,13 @@
 #include "dataset.h"
 #include "diagnose.h"
 #include "image.h"
+#include "jobcheck.h"
 #include "jobspec.h"
 #include "jsontext.h"
 #include "log.h"
 #include "predict.h"
 #include "resnet.h"
+#include "select.h"
 #include "store.h"
 #include "unpack.h"
 #include "weights.h"
@@ -382,8 +384,8 @@ static json_t *dataset_report_json(const Dataset *ds)
 static json_t *job_json(Api *a, Store *st, int64_t id, int *missing, Error *err)
 {
     json_t *j = store_query_one(st, "SELECT id, name, state, error, created, started, finished,"
-                                    " epochs_total, epochs_done, phase, phase_name, classes, spec"
-                                    " FROM jobs WHERE id = ?1", id, 0, missing, err);
+                                    " epochs_total, epochs_done, phase, phase_name, classes, spec,"
+                                    " info AS resolved FROM jobs WHERE id = ?1", id, 0, missing, err);
     if (!j)
         return NULL;
     WorkerProgress p;
@@ -703,6 +705,39 @@ static enum MHD_Result get_weights(struct MHD_Connection *c, Req *q)
     return send_json(c, q, 200, json_pack("{s:o}", "weights", list));
 }
 
+/* The submit-time checks (jobcheck.h) of spec against the dataset row d (with
+ * its report) and the weights file (NULL for random weights): the resolved
+ * spec to store with the job, or NULL with err and the JSON path set. */
+static json_t *check_job(const JobSpec *spec, const char *weights_path, json_t *d, char *path,
+                         size_t path_len, Error *err)
+{
+    json_t *names = json_object_get(json_object_get(d, "report"), "classes");
+    size_t n = json_array_size(names);
+    const char **classes = calloc(n ? n : 1, sizeof *classes);
+    if (!classes) {
+        error_set(err, "out of memory");
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *name = json_string_value(json_array_get(names, i));
+        classes[i] = name ? name : "";
+    }
+    JobResolved r;
+    int rc = jobcheck_run(spec, weights_path, json_is_array(names) ? classes : NULL, (int)n, &r,
+                          path, path_len, err);
+    free(classes);
+    if (rc)
+        return NULL;
+    json_t *bn = json_array();
+    for (int i = 0; i < spec->n_phases; i++)
+        json_array_append_new(bn, json_string(select_bn_name(spec->phases[i].bn)));
+    return json_pack("{s:s, s:s, s:s, s:b, s:o, s:f, s:f}", "variant",
+                     resnet_variant_name(r.variant), "preprocess", r.preprocess, "preprocess_from",
+                     r.preprocess_from, "preprocess_overridden", r.overridden, "bn", bn,
+                     "memory_estimate_bytes", r.memory_bytes, "memory_limit_bytes",
+                     r.memory_limit);
+}
+
 static enum MHD_Result post_job(struct MHD_Connection *c, Req *q)
 {
     Api *a = q->api;
@@ -726,7 +761,7 @@ static enum MHD_Result post_job(struct MHD_Connection *c, Req *q)
         return db_failure(c, q, &err);
     }
     int missing = 0;
-    json_t *d = store_dataset_find(st, spec.dataset, 0, &missing, &err);
+    json_t *d = store_dataset_find(st, spec.dataset, 1, &missing, &err);
     if (!d) {
         jobspec_free(&spec);
         json_decref(body);
@@ -735,16 +770,22 @@ static enum MHD_Result post_job(struct MHD_Connection *c, Req *q)
         return SEND_ERROR(c, q, 400, "dataset", "dataset: no registered dataset '%s' (see GET "
                           "/api/datasets)", spec.dataset);
     }
+    const int random = !strcmp(spec.weights, "random");
+    char wpath[8500];
+    snprintf(wpath, sizeof wpath, "%s/%s", a->weights_dir, spec.weights);
+    if (!random && (strchr(spec.weights, '/') || spec.weights[0] == '.' || access(wpath, R_OK))) {
+        json_decref(d);
+        jobspec_free(&spec);
+        json_decref(body);
+        return SEND_ERROR(c, q, 400, "weights", "weights: '%s' is not a file in the weights "
+                          "folder (see GET /api/weights), nor \"random\"", spec.weights);
+    }
+    json_t *resolved = check_job(&spec, random ? NULL : wpath, d, path, sizeof path, &err);
     json_decref(d);
-    if (strcmp(spec.weights, "random")) {
-        char wpath[8500];
-        snprintf(wpath, sizeof wpath, "%s/%s", a->weights_dir, spec.weights);
-        if (strchr(spec.weights, '/') || spec.weights[0] == '.' || access(wpath, R_OK)) {
-            jobspec_free(&spec);
-            json_decref(body);
-            return SEND_ERROR(c, q, 400, "weights", "weights: '%s' is not a file in the weights "
-                              "folder (see GET /api/weights), nor \"random\"", spec.weights);
-        }
+    if (!resolved) {
+        jobspec_free(&spec);
+        json_decref(body);
+        return SEND_ERROR(c, q, 400, path[0] ? path : NULL, "%s", err.msg);
     }
     json_t *queued = store_query(st, "SELECT count(*) AS n FROM jobs WHERE state = 'queued'", 0,
                                  0, &err);
@@ -755,14 +796,18 @@ static enum MHD_Result post_job(struct MHD_Connection *c, Req *q)
     if (n_queued >= a->cfg.max_jobs_queued) {
         jobspec_free(&spec);
         json_decref(body);
+        json_decref(resolved);
         return SEND_ERROR(c, q, 503, NULL, "the queue is full (%d jobs waiting)",
                           a->cfg.max_jobs_queued);
     }
     char *spec_text = jsontext_dumps(body, JSON_COMPACT);
     json_decref(body);
     int64_t id = 0;
+    char *resolved_text = jsontext_dumps(resolved, JSON_COMPACT);
+    json_decref(resolved);
     int irc = store_job_insert(st, spec.name[0] ? spec.name : "job", spec_text ? spec_text : "{}",
-                               jobspec_total_epochs(&spec), JOB_QUEUED, &id, &err);
+                               resolved_text, jobspec_total_epochs(&spec), JOB_QUEUED, &id, &err);
+    free(resolved_text);
     free(spec_text);
     jobspec_free(&spec);
     if (irc)

@@ -199,9 +199,10 @@ static void store_failure(Progress *p, const Error *err)
     p->store_failed = 1;
 }
 
-static void train_on_start(void *ctx, const Dataset *ds, const Preprocess *pp, int first_epoch,
-                           int first_step)
+static void train_on_start(void *ctx, const Dataset *ds, const struct Resnet *m,
+                           const Preprocess *pp, int first_epoch, int first_step)
 {
+    (void)m;
     Progress *p = ctx;
     Error err;
     (void)pp;
@@ -320,8 +321,8 @@ static int db_job(Store *st, const char *spec_text, const JobSpec *spec, int res
         if (found)
             return 0;
     }
-    return store_job_insert(st, spec->name, spec_text, jobspec_total_epochs(spec), JOB_QUEUED,
-                            id, err);
+    return store_job_insert(st, spec->name, spec_text, NULL, jobspec_total_epochs(spec),
+                            JOB_QUEUED, id, err);
 }
 
 /* argc/argv: the arguments after "train"; cmdline: the whole command line (for

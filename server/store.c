@@ -297,11 +297,12 @@ static json_t *int_array(const int64_t *v, int n)
     return a;
 }
 
-int store_job_insert(Store *s, const char *name, const char *spec_json, int epochs_total,
-                     const char *state, int64_t *id, Error *err)
+int store_job_insert(Store *s, const char *name, const char *spec_json, const char *resolved_json,
+                     int epochs_total, const char *state, int64_t *id, Error *err)
 {
-    sqlite3_stmt *st = prepare(s, "INSERT INTO jobs (name, spec, state, created, epochs_total) "
-                                  "VALUES (?, ?, ?, ?, ?)", err);
+    /* the schema's `info` column holds the resolved spec */
+    sqlite3_stmt *st = prepare(s, "INSERT INTO jobs (name, spec, state, created, epochs_total, "
+                                  "info) VALUES (?, ?, ?, ?, ?, ?)", err);
     if (!st)
         return -1;
     sqlite3_bind_text(st, 1, name, -1, SQLITE_TRANSIENT);
@@ -309,6 +310,10 @@ int store_job_insert(Store *s, const char *name, const char *spec_json, int epoc
     sqlite3_bind_text(st, 3, state, -1, SQLITE_STATIC);
     sqlite3_bind_double(st, 4, now_unix());
     sqlite3_bind_int(st, 5, epochs_total);
+    if (resolved_json)
+        sqlite3_bind_text(st, 6, resolved_json, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 6);
     if (run(s, st, err))
         return -1;
     *id = sqlite3_last_insert_rowid(s->db);
@@ -509,7 +514,7 @@ fail:
 
 static int is_json_column(const char *name)
 {
-    static const char *const cols[] = {"spec", "classes", "info", "report", "grad_norm",
+    static const char *const cols[] = {"spec", "classes", "info", "resolved", "report", "grad_norm",
                                        "weight_change", "predicted", "confusion", "evidence"};
     for (size_t i = 0; i < sizeof cols / sizeof *cols; i++)
         if (!strcmp(name, cols[i]))

@@ -53,9 +53,11 @@ int store_connect(Store **out, const char *path, Error *err);
 #define JOB_FAILED "failed"
 #define JOB_CANCELLED "cancelled"
 
-/* A new job row in state `state`; its id in *id. */
-int store_job_insert(Store *s, const char *name, const char *spec_json, int epochs_total,
-                     const char *state, int64_t *id, Error *err);
+/* A new job row in state `state`; its id in *id. resolved_json (may be NULL)
+ * is what the submit-time checks resolved (jobcheck.h), kept next to the spec
+ * and read back as the job's "resolved". */
+int store_job_insert(Store *s, const char *name, const char *spec_json, const char *resolved_json,
+                     int epochs_total, const char *state, int64_t *id, Error *err);
 
 /* State change; error may be NULL. "running" sets started (first time only);
  * completed, failed and cancelled set finished. */

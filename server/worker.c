@@ -70,9 +70,10 @@ static void publish_state(Worker *w, int64_t job, const char *state, const char 
     json_decref(j);
 }
 
-static void on_start(void *ctx, const Dataset *ds, const Preprocess *p, int first_epoch,
-                     int first_step)
+static void on_start(void *ctx, const Dataset *ds, const struct Resnet *m, const Preprocess *p,
+                     int first_epoch, int first_step)
 {
+    (void)m;
     JobRun *r = ctx;
     Error err;
     (void)p;

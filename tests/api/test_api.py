@@ -733,6 +733,63 @@ class Basics(ApiCase):
         self.assertEqual(self.d.get("/api/jobs").json()["jobs"], before)
         self.assertHealthy()
 
+    def write_weights(self, name, tensors, truncate=0):
+        """A safetensors file of F32 tensors {name: shape} in the weights folder."""
+        header, data = {}, b""
+        for t, shape in tensors.items():
+            n = 1
+            for d in shape:
+                n *= d
+            header[t] = {"dtype": "F32", "shape": shape,
+                         "data_offsets": [len(data), len(data) + 4 * n]}
+            data += b"\0" * (4 * n)
+        h = json.dumps(header).encode()
+        h += b" " * (-len(h) % 8)
+        blob = struct.pack("<Q", len(h)) + h + data
+        path = os.path.join(self.d.weights_dir, name)
+        with open(path, "wb") as f:
+            f.write(blob[:len(blob) - truncate])
+        return path
+
+    def test_submit_time_checks(self):
+        """What needs no training is refused at submit with the JSON path, and
+        nothing is queued."""
+        before = self.d.get("/api/jobs").json()["jobs"]
+        self.write_weights("notresnet.safetensors", {"x.weight": [4, 4]})
+        self.write_weights("truncated.safetensors", {"conv1.weight": [64, 3, 7, 7]},
+                           truncate=100)
+        many = dict(job_spec(), input_size=1024, batch_size=4096)
+        cases = [
+            (dict(job_spec(), weights="notresnet.safetensors"), "weights", "conv1.weight"),
+            (dict(job_spec(), weights="truncated.safetensors"), "weights", "truncated"),
+            (dict(job_spec(), class_weight={CLASSES[0]: 2.0, "zebra": 3.0}),
+             "class_weight.zebra", "zebra"),
+            (many, "batch_size", "GiB"),
+        ]
+        for spec, path, words in cases:
+            with self.subTest(path=path):
+                r = self.d.post_json("/api/jobs", spec)
+                e = self.assertError(r, 400, "bad_request", path=path)
+                self.assertTrue(e["message"].startswith(path.split(".")[0]), e)
+                self.assertIn(words, e["message"])
+        self.assertEqual(self.d.get("/api/jobs").json()["jobs"], before)
+        # random weights without a preprocess: torch's, said in the resolved spec
+        spec = job_spec(scratch=1, head=0, name="auto")
+        del spec["preprocess"]
+        spec["class_weight"] = {CLASSES[1]: 2.0}
+        r = self.d.post_json("/api/jobs", spec)
+        self.assertStatus(r, 201)
+        res = r.json()["resolved"]
+        self.assertEqual((res["preprocess"], res["preprocess_from"], res["variant"]),
+                         ("torch", "default for random weights", "torchvision"))
+        self.assertEqual(res["bn"], ["train"])
+        self.assertGreater(res["memory_estimate_bytes"], 100e6)
+        self.assertGreater(res["memory_limit_bytes"], res["memory_estimate_bytes"])
+        self.assertEqual(self.d.get(r.headers["Location"]).json()["resolved"], res)
+        job = self.d.wait_job(r.json()["id"])
+        self.assertEqual(job["state"], "completed", job)
+        self.assertHealthy()
+
     def test_full_queue_is_unavailable(self):
         d = self.start_own("--max-jobs-queued", "1")
         self.assertStatus(d.post_json("/api/datasets", {"name": "fm", "path": FM}), 201, d)
@@ -764,14 +821,10 @@ class Basics(ApiCase):
             self.assertIsInstance(w[0]["error"], str)
             self.assertTrue(w[0]["error"])
             self.assertNotIn("variant", w[0])
-            # a junk file cannot be a job's weights either
+            # a junk file cannot be a job's weights either: refused at submit
             r = self.d.post_json("/api/jobs", dict(job_spec(), weights="junk.safetensors"))
-            if r.status == 201:
-                self.d.request("POST", r.headers["Location"] + "/cancel")
-                job = self.d.wait_job(r.json()["id"])
-                self.assertIn(job["state"], ("failed", "cancelled"))
-            else:
-                self.assertError(r, 400, "bad_request", path="weights")
+            e = self.assertError(r, 400, "bad_request", path="weights")
+            self.assertIn("junk.safetensors", e["message"])
         finally:
             os.unlink(os.path.join(self.d.weights_dir, "junk.safetensors"))
             os.unlink(os.path.join(self.d.weights_dir, "notes.txt"))
@@ -1102,7 +1155,10 @@ class CompletedJobs(ApiCase):
         self.assertEqual(set(j), {"id", "name", "state", "error", "created", "started",
                                   "finished", "epochs_total", "epochs_done", "phase",
                                   "phase_name", "classes", "progress", "best",
-                                  "cancel_requested", "spec"})
+                                  "cancel_requested", "spec", "resolved"})
+        self.assertEqual(j["resolved"]["variant"], "torchvision")
+        self.assertEqual(j["resolved"]["preprocess"], "torch")
+        self.assertEqual(j["resolved"]["preprocess_from"], "job")
         self.assertEqual(j["name"], "first")
         self.assertIn(j["state"], ("queued", "running"))
         self.assertIsNone(j["error"])

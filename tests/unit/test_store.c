@@ -119,7 +119,7 @@ static void test_job_epochs_steps(void **state)
     Error err;
     assert_int_equal(store_open(&s, testutil_tmp_path("jobs.db"), &err), 0);
     int64_t id = 0;
-    assert_int_equal(store_job_insert(s, "ft", "{\"name\": \"ft\"}", 4, JOB_QUEUED, &id, &err), 0);
+    assert_int_equal(store_job_insert(s, "ft", "{\"name\": \"ft\"}", NULL, 4, JOB_QUEUED, &id, &err), 0);
     assert_true(id > 0);
     assert_string_equal(query_text(s, "SELECT state FROM jobs"), "queued");
     assert_true(isnan(query_real(s, "SELECT started FROM jobs")));
