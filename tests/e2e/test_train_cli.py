@@ -1,7 +1,7 @@
 """test_train_cli.py: `resnetd train` and `resnetd predict` run as a user runs them.
 
 Run from the repository root with Debian's Python:
-    /usr/bin/python3 -m unittest -v tests/tools/test_train_cli.py
+    /usr/bin/python3 -m unittest -v tests/e2e/test_train_cli.py
 Binaries come from $RESNETD_BUILD_DIR (tests/run.sh sets it; default build/).
 
 A tiny Fashion-MNIST set (3 classes x 16 images, 32x32, from tools/fmnist_to_png)

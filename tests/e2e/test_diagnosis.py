@@ -1,7 +1,7 @@
 """test_diagnosis.py: every diagnosis rule on a small real run that has exactly its problem.
 
 Run from the repository root with Debian's Python:
-    /usr/bin/python3 -m unittest -v tests/tools/test_diagnosis.py
+    /usr/bin/python3 -m unittest -v tests/e2e/test_diagnosis.py
 Binaries come from $RESNETD_BUILD_DIR (tests/run.sh sets it; default build/).
 
 Each test runs `resnetd train SPEC --db FILE` on a tiny dataset (32 or 64 pixels, a

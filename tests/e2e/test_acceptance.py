@@ -1,7 +1,7 @@
 """test_acceptance.py: a small version of the transfer-learning acceptance run.
 
 Run from the repository root with Debian's Python:
-    /usr/bin/python3 -m unittest -v tests/tools/test_acceptance.py
+    /usr/bin/python3 -m unittest -v tests/e2e/test_acceptance.py
 
 tools/fmnist_acceptance.sh with small numbers (200 images per class, 4 epochs of
 pretraining from scratch on Fashion-MNIST classes 0-4 at 32x32; 40 images per
