@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # `make demo`: a newcomer's first run, through the REST API.
-#   1. makes two Fashion-MNIST datasets under var/demo-data (classes 0-4 to
-#      pretrain on, classes 5-9 to fine-tune on; 32x32 PNGs);
+#   1. makes two Fashion-MNIST datasets under var/demo-data (classes 0-4, 400
+#      images each, to pretrain on; classes 5-9, 60 each, 12 to train on and 48
+#      to validate, to fine-tune on: few labels, where pretrained features pay;
+#      32x32 PNGs);
 #   2. starts the daemon (build/resnetd serve, data in var/) unless one answers;
 #   3. registers both datasets, pretrains from scratch, puts the exported weights
-#      into the weights folder, then fine-tunes them (head, then stage:5) and runs
-#      the same schedule from random weights for comparison;
-#   4. prints the dashboard URL and every curl command it used.
+#      into the weights folder, then fine-tunes them (head, then stage:5) with
+#      three seeds, the pretraining's among them, and runs the same schedule
+#      from random weights with the same seeds for comparison;
+#   4. prints the mean best val accuracies with the CPU and BLAS kernel, the
+#      dashboard URL and every curl command it used.
+# DEMO_PRETRAIN_PER_CLASS, DEMO_PRETRAIN_EPOCHS, DEMO_FINETUNE_PER_CLASS and
+# DEMO_SEEDS change the sizes.
 # The daemon keeps running afterwards; stop it with the kill command printed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,10 +26,14 @@ mkdir -p var "$data"
 say() { printf '\n== %s\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; echo; }
 
-for set in pretrain:0,1,2,3,4:300 finetune:5,6,7,8,9:100; do
+pre_per=${DEMO_PRETRAIN_PER_CLASS:-400}
+pre_epochs=${DEMO_PRETRAIN_EPOCHS:-4}
+ft_per=${DEMO_FINETUNE_PER_CLASS:-60}
+seeds=${DEMO_SEEDS:-1 2 3}
+for set in pretrain:0,1,2,3,4:$pre_per finetune:5,6,7,8,9:$ft_per; do
   IFS=: read -r name classes per <<< "$set"
-  if [ ! -d "$data/$name" ]; then
-    "$build/tools/fmnist_to_png" "$data/$name" --classes "$classes" --per-class "$per" --size 32 > /dev/null
+  if [ ! -d "$data/$name-$per" ]; then
+    "$build/tools/fmnist_to_png" "$data/$name-$per" --classes "$classes" --per-class "$per" --size 32 > /dev/null
   fi
 done
 
@@ -51,17 +61,21 @@ wait_job() { # id
   [ "$state" = completed ]
 }
 
+t0=$(date +%s)
 say "register the datasets (folders under the data root)"
-for name in pretrain finetune; do
-  printf "\$ curl -s -X POST $url/api/datasets -H 'Content-Type: application/json' -d '{\"name\": \"fm-%s\", \"path\": \"%s\"}'\n" "$name" "$name"
-  post /api/datasets "{\"name\": \"fm-$name\", \"path\": \"$name\"}" | json '"  dataset %s: %s images, classes %s" % (d.get("name"), d.get("report", {}).get("images"), d.get("report", {}).get("classes")) if "error" not in d else "  " + d["error"]["message"]'
+for set in pretrain:$pre_per finetune:$ft_per; do
+  IFS=: read -r name per <<< "$set"
+  printf "\$ curl -s -X POST $url/api/datasets -H 'Content-Type: application/json' -d '{\"name\": \"fm-%s\", \"path\": \"%s\"}'\n" "$name-$per" "$name-$per"
+  post /api/datasets "{\"name\": \"fm-$name-$per\", \"path\": \"$name-$per\"}" | json '"  dataset %s: %s images, classes %s" % (d.get("name"), d.get("report", {}).get("images"), d.get("report", {}).get("classes")) if "error" not in d else "  " + d["error"]["message"]'
 done
 
-pretrain='{"name": "demo-pretrain", "dataset": "fm-pretrain", "weights": "random", "preprocess": "torch",
- "input_size": 32, "batch_size": 32, "seed": 1, "augment": {"hflip": true},
- "phases": [{"name": "scratch", "epochs": 4, "train": "all", "bn": "train",
-             "optimizer": {"type": "adam", "lr": 0.001}, "lr_schedule": {"type": "cosine", "warmup_epochs": 1}}]}'
-say "pretrain from scratch on 5 classes (watch it at $url/)"
+# BN: "auto" (the default) trains the statistics of random layers and keeps
+# those of pretrained ones; preprocess "auto" is torch's for random weights
+pretrain="{\"name\": \"demo-pretrain\", \"dataset\": \"fm-pretrain-$pre_per\", \"weights\": \"random\",
+ \"input_size\": 32, \"batch_size\": 32, \"seed\": 1, \"augment\": {\"hflip\": true},
+ \"phases\": [{\"name\": \"scratch\", \"epochs\": $pre_epochs, \"train\": \"all\",
+             \"optimizer\": {\"type\": \"adam\", \"lr\": 0.001}, \"lr_schedule\": {\"type\": \"cosine\", \"warmup_epochs\": 1}}]}"
+say "pretrain from scratch on 5 classes, $pre_per images each (watch it at $url/)"
 echo "\$ curl -s -X POST $url/api/jobs -H 'Content-Type: application/json' -d '$pretrain'"
 pre=$(post /api/jobs "$pretrain" | json 'd["id"]')
 wait_job "$pre"
@@ -71,30 +85,42 @@ say "put the pretrained weights where jobs can use them"
 run curl -s -o "$weights_dir/demo-pretrained.safetensors" "$url/api/jobs/$pre/weights"
 run curl -s "$url/api/weights"
 
-finetune() { # name weights preprocess
-  echo "{\"name\": \"$1\", \"dataset\": \"fm-finetune\", \"weights\": \"$2\", \"preprocess\": \"$3\",
- \"input_size\": 32, \"batch_size\": 32, \"seed\": 2,
- \"phases\": [{\"name\": \"head\", \"epochs\": 3, \"train\": \"head\", \"optimizer\": {\"type\": \"adam\", \"lr\": 0.001}},
-            {\"name\": \"stage5\", \"epochs\": 4, \"train\": \"stage:5\", \"bn\": \"frozen\",
-             \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.001, \"momentum\": 0.9}}]}"
+finetune() { # name weights seed
+  echo "{\"name\": \"$1\", \"dataset\": \"fm-finetune-$ft_per\", \"weights\": \"$2\", \"seed\": $3,
+ \"input_size\": 32, \"batch_size\": 16, \"val_fraction\": 0.8,
+ \"phases\": [{\"name\": \"head\", \"epochs\": 5, \"train\": \"head\", \"optimizer\": {\"type\": \"adam\", \"lr\": 0.003}},
+            {\"name\": \"stage5\", \"epochs\": 3, \"train\": \"stage:5\",
+             \"optimizer\": {\"type\": \"adam\", \"lr\": 0.0001}}]}"
 }
-say "fine-tune on the 5 other classes: head, then stage:5 (and the same from random weights)"
-ft_spec=$(finetune demo-finetune demo-pretrained.safetensors auto)
-rnd_spec=$(finetune demo-from-random random torch)
-echo "\$ curl -s -X POST $url/api/jobs -H 'Content-Type: application/json' -d '$ft_spec'"
-ft=$(post /api/jobs "$ft_spec" | json 'd["id"]')
-rnd=$(post /api/jobs "$rnd_spec" | json 'd["id"]')
-wait_job "$ft" || true
-wait_job "$rnd" || true
+say "fine-tune on the 5 other classes ($((ft_per / 5)) training images each): head, then stage:5 at a lower rate;"
+echo "   the same schedule from random weights; seeds $seeds (the pretraining's seed among them)"
+ft_ids=() rnd_ids=()
+for seed in $seeds; do
+  ft_spec=$(finetune "demo-finetune-s$seed" demo-pretrained.safetensors "$seed")
+  rnd_spec=$(finetune "demo-from-random-s$seed" random "$seed")
+  [ ${#ft_ids[@]} -eq 0 ] && echo "\$ curl -s -X POST $url/api/jobs -H 'Content-Type: application/json' -d '$ft_spec'"
+  ft_ids+=("$(post /api/jobs "$ft_spec" | json 'd["id"]')")
+  rnd_ids+=("$(post /api/jobs "$rnd_spec" | json 'd["id"]')")
+done
+for id in "${ft_ids[@]}" "${rnd_ids[@]}"; do wait_job "$id" || true; done
 
 best() { curl -s "$url/api/jobs/$1/metrics" | json 'max((e["val_acc"] or 0) for e in d["epochs"]) if d["epochs"] else 0'; }
-say "result: best val accuracy fine-tuned $(best "$ft"), from random weights $(best "$rnd")"
+summary() { # ids...
+  for id in "$@"; do best "$id"; done | /usr/bin/python3 -c 'import sys; v=[float(x) for x in sys.stdin]; print("%.2f (%s)" % (sum(v)/len(v), ", ".join("%.2f" % x for x in v)))'
+}
+ft=${ft_ids[0]}
+info=$(curl -s "$url/api/info")
+cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+say "result: best val accuracy, mean over seeds $seeds (each seed's in brackets)"
+echo "  fine-tuned from the pretrained weights: $(summary "${ft_ids[@]}")"
+echo "  the same schedule from random weights:  $(summary "${rnd_ids[@]}")"
+echo "  measured on $cpu, $(nproc) cores, OpenBLAS kernel $(echo "$info" | json 'd["blas_kernel"]'), $(( $(date +%s) - t0 )) s"
 cat <<EOT
 
 Dashboard:   $url/
 Curves:      curl -s $url/api/jobs/$ft/metrics
 Per class:   curl -s $url/api/jobs/$ft/classes
 Live events: curl -sN $url/api/jobs/$ft/events
-Predict:     curl -s -X POST "$url/api/jobs/$ft/predict?top=3" -H 'Content-Type: image/png' --data-binary @$(ls "$data"/finetune/*/*.png | head -1)
+Predict:     curl -s -X POST "$url/api/jobs/$ft/predict?top=3" -H 'Content-Type: image/png' --data-binary @$(ls "$data"/finetune-$ft_per/*/*.png | head -1)
 EOT
 if [ -n "$pid" ]; then echo "Stop:        kill $pid   (the daemon keeps running until then)"; fi
