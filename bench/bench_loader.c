@@ -3,11 +3,14 @@
  *   1. images/s decoded and preprocessed (no cache) with 1 and 2 threads;
  *   2. images/s of a cached epoch;
  *   3. one epoch of real training steps fed by the loader, and the share of
- *      that time the training thread waited for data.
+ *      that time the training thread waited for data;
+ *   4. milliseconds per image to resize a 500x375 image for a 224 centre crop,
+ *      and to crop and normalise it (caffe).
  * Prints one JSON object.
  *
  *   bench_loader --data DIR [--size S] [--batch N] [--train-steps K]
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +20,7 @@
 #include "dataset.h"
 #include "loader.h"
 #include "optim.h"
+#include "preprocess.h"
 #include "resnet.h"
 
 static double now(void)
@@ -30,6 +34,41 @@ static int die(const char *what, const Error *err)
 {
     fprintf(stderr, "bench_loader: %s: %s\n", what, err->msg);
     return 1;
+}
+
+/* Milliseconds per call of the two preprocessing stages for one 500x375 image
+ * made into a 224x224 centre crop with caffe normalisation. */
+static void preprocess_ms(double *resize_ms, double *finish_ms)
+{
+    Preprocess p;
+    Error err;
+    memset(&p, 0, sizeof p);
+    p.size = 224;
+    p.resize = RESIZE_CROP;
+    preprocess_norm_from_name(&p.norm, "caffe", &err);
+    const int w = 500, h = 375, reps = 50;
+    uint8_t *img = malloc((size_t)w * h * 3);
+    int bw, bh;
+    preprocess_base_size(&p, w, h, &bw, &bh);
+    uint8_t *scratch = malloc((size_t)bw * bh * 3);
+    float *out = malloc((size_t)224 * 224 * 3 * sizeof(float));
+    if (!img || !scratch || !out) {
+        *resize_ms = *finish_ms = -1;
+    } else {
+        for (size_t i = 0; i < (size_t)w * h * 3; i++)
+            img[i] = (uint8_t)(i * 2654435761u >> 24);
+        double t0 = now();
+        for (int i = 0; i < reps; i++)
+            preprocess_resize(scratch, bw, bh, img, w, h);
+        double t1 = now();
+        for (int i = 0; i < reps; i++)
+            preprocess_finish(out, scratch, bw, bh, &p, NULL);
+        *resize_ms = (t1 - t0) * 1e3 / reps;
+        *finish_ms = (now() - t1) * 1e3 / reps;
+    }
+    free(img);
+    free(scratch);
+    free(out);
 }
 
 /* Images/s of one epoch (the consumer only takes batches). */
@@ -127,12 +166,15 @@ int main(int argc, char **argv)
         steps++;
     }
     double total = now() - t0, waited = loader_stats(l).wait_seconds - wait0;
+    double resize_ms, finish_ms;
+    preprocess_ms(&resize_ms, &finish_ms);
     printf("{\"images\": %d, \"size\": %d, \"batch\": %d, \"decode_images_per_s_1_thread\": %.1f, "
            "\"decode_images_per_s_2_threads\": %.1f, \"cached_images_per_s\": %.1f, "
            "\"train_steps\": %d, \"train_seconds\": %.2f, \"waited_seconds\": %.3f, "
-           "\"waiting_share\": %.4f}\n",
+           "\"waiting_share\": %.4f, \"preprocess_224_resize_ms\": %.3f, "
+           "\"preprocess_224_crop_caffe_ms\": %.3f}\n",
            loader_size(l), size, batch, rate[0], rate[1], rate[2], steps, total, waited,
-           total > 0 ? waited / total : 0.0);
+           total > 0 ? waited / total : 0.0, resize_ms, finish_ms);
     optim_free(&opt);
     resnet_free(m);
     loader_free(l);

@@ -47,7 +47,7 @@ if [ ! -d "$data" ]; then
   "$build/tools/fmnist_to_png" "$data" --classes all --per-class 200 --size 64 > /dev/null
 fi
 loader=$("$build/bench/bench_loader" --data "$data" --size 64 --batch 32 --train-steps 8)
-$PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("\nloader (%d images %dx%d, batch %d): %.0f img/s decoded+preprocessed on 1 thread, %.0f on 2, %.0f from the cache; %d training steps waited %.1f%% of %.1f s for data" % (r["images"], r["size"], r["size"], r["batch"], r["decode_images_per_s_1_thread"], r["decode_images_per_s_2_threads"], r["cached_images_per_s"], r["train_steps"], 100 * r["waiting_share"], r["train_seconds"]))' "$loader"
+$PY -c 'import json,sys; r=json.loads(sys.argv[1]); print("\nloader (%d images %dx%d, batch %d): %.0f img/s decoded+preprocessed on 1 thread, %.0f on 2, %.0f from the cache; %d training steps waited %.1f%% of %.1f s for data; one 500x375 image to a 224 centre crop: resize %.2f ms, crop + caffe %.2f ms" % (r["images"], r["size"], r["size"], r["batch"], r["decode_images_per_s_1_thread"], r["decode_images_per_s_2_threads"], r["cached_images_per_s"], r["train_steps"], 100 * r["waiting_share"], r["train_seconds"], r["preprocess_224_resize_ms"], r["preprocess_224_crop_caffe_ms"]))' "$loader"
 
 # frozen training: resnetd computes the frozen part once per image (second epoch of
 # a phase), PyTorch runs the whole forward every step (its naive frozen training)

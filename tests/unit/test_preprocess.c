@@ -24,7 +24,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "preprocess.h"
 #include "rng.h"
@@ -1080,36 +1079,6 @@ static void test_input_stats_double_scaling(void **state)
     assert_true(bad.min[2] >= -123.681f && bad.max[0] <= -102.938f);
 }
 
-/* Not a pass/fail check: the time per 224 x 224 input, printed for the record. */
-static void test_timing(void **state)
-{
-    (void)state;
-    Preprocess p = preprocess_default(224, RESIZE_CROP, "caffe");
-    const int w = 500, h = 375;
-    uint8_t *img = make_image(w, h, 9);
-    int bw, bh;
-    preprocess_base_size(&p, w, h, &bw, &bh);
-    uint8_t *scratch = balloc((size_t)bw * bh * 3);
-    float *out = falloc((size_t)224 * 224 * 3);
-    const int reps = 20;
-    struct timespec t0, t1, t2;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    for (int i = 0; i < reps; i++)
-        preprocess_resize(scratch, bw, bh, img, w, h);
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    for (int i = 0; i < reps; i++)
-        preprocess_finish(out, scratch, bw, bh, &p, NULL);
-    clock_gettime(CLOCK_MONOTONIC, &t2);
-    double r_ms = ((double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6) / reps;
-    double f_ms = ((double)(t2.tv_sec - t1.tv_sec) * 1e3 + (double)(t2.tv_nsec - t1.tv_nsec) / 1e6) / reps;
-    print_message("  500x375 -> %dx%d resize %.3f ms, centre crop + caffe %.3f ms\n", bw, bh,
-                  r_ms, f_ms);
-    fguard_check(out, (size_t)224 * 224 * 3, "timing");
-    free(img);
-    free(scratch);
-    free(out);
-}
-
 /* auto follows the weights; a contradicting mode needs the override and is flagged. */
 static void test_resolve_norm(void **state)
 {
@@ -1170,7 +1139,6 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_no_rng_is_identical),
         cmocka_unit_test(test_input_stats_direct),
         cmocka_unit_test(test_input_stats_double_scaling),
-        cmocka_unit_test(test_timing),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
