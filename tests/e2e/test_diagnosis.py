@@ -6,13 +6,21 @@ Binaries come from $RESNETD_BUILD_DIR (tests/run.sh sets it; default build/).
 
 Each test runs `resnetd train SPEC --db FILE` on a tiny dataset (32 or 64 pixels, a
 few epochs), reads the findings table (code, severity, epoch: NULL before
-training, evidence as JSON), and checks the expected finding's evidence against
-what the scenario is known to contain: pixel statistics computed here from the
-PNGs written, file counts, and the job's own epochs rows (losses, accuracies,
-weight changes, prediction histograms). Error-level findings other than the
-scenario's own must not appear. Shared setup (setUpClass): Fashion-MNIST sets
-from tools/fmnist_to_png and one small pretraining at 64x64 (torch
-preprocessing, classes t-shirt, trouser, sneaker) exported with its head.
+training, evidence as JSON) and the job's epochs and steps rows, and checks the
+wiring: the scenario's finding appears, at the epoch its rule allows, with
+evidence equal to what the scenario is known to contain (pixel statistics
+computed here from the PNGs written, file counts, the stored epoch rows). The
+rules' thresholds are unit-tested on hand-made histories (tests/unit/test_diagnose.c).
+
+Every scenario holds for any float summation order (another CPU, OpenBLAS kernel
+or thread count gives another training trajectory; STYLE.md habit 11): no test
+here trains a backbone from random weights and then reads a trajectory. The
+findings before training read pixels and the first batch's tensors; the
+fine-tuning scenarios start from e2e.make_pretrained, a deterministic weights file
+(no trained backbone, a head fitted by convex regression), and train a new head
+(a convex problem too), unfreeze the last stage at a low rate for a few steps, or
+break the network so hard that the outcome is orders of magnitude past the
+threshold. Measured margins are in the comments.
 
 - PREPROC_DOUBLE_SCALE, seed scenario: custom preprocessing with rescale 1/255
   in front of caffe's means (std 1, BGR) on random weights is caught before the
@@ -22,30 +30,42 @@ preprocessing, classes t-shirt, trouser, sneaker) exported with its head.
 - Images stored already scaled (0/1 pixels in 8-bit PNGs), random weights:
   DATA_DARK_OR_SCALED with the pixel mean and std of the files, and
   PREPROC_DOUBLE_SCALE with caffe (width 1 of 255) and with torch (ratio 255).
-- PREPROC_MISMATCH: the torch-trained export fine-tuned with caffe and
+- PREPROC_MISMATCH: the torch-declared fixture fine-tuned with caffe and
   preprocess_override (without the override the job is refused).
-- HEAD_COLLAPSE: the export's own head on 0/1 images through its torch
+- HEAD_COLLAPSE: the fixture's own head on 0/1 images through its torch
   preprocessing puts the first batch into one class, the class `resnetd predict`
   gives those images.
-- DATA_SPLIT_MISMATCH: val images brightened by 90 levels (84 train and 36 val
-  images; means, stds and standard errors as computed here); DATA_LEAKAGE: three
-  train PNGs copied into val.
-- DATA_IMBALANCE and CLASS_IMBALANCE_UNWEIGHTED on 45:4 train classes (not the
-  latter with class_weight balanced), then ACCURACY_IS_MAJORITY, BALANCED_GAP or
-  PREDICTIONS_COLLAPSE matching that epoch's row.
-- BN_SMALL_BATCH and BN_TRAIN_INFER_GAP: random weights, everything trained with
-  BN in train mode, batches of 4.
+- DATA_SPLIT_MISMATCH: val images brightened by 90 levels (30 train and 12 val
+  images; means, stds and standard errors as computed here); DATA_SPLIT_FORMAT:
+  val exported at twice train's resolution; DATA_LEAKAGE: three train PNGs
+  copied into val.
+- DATA_IMBALANCE and CLASS_IMBALANCE_UNWEIGHTED on 40:4 train images that carry
+  no class information (mid-grey), then ACCURACY_IS_MAJORITY and BALANCED_GAP
+  from the first pair of epochs past the start (10 steps when fine-tuning): a
+  head that can only learn the class frequencies answers the majority for every
+  image, so val accuracy is exactly its share (20/22) and balanced accuracy 0.5.
+- BN_FROZEN_RANDOM: random weights, stage 5 trained with "bn": "frozen" (10
+  layers left at 0/1); the fixture with the same phase raises nothing.
+- BN_SMALL_BATCH and BN_TRAIN_INFER_GAP: batches of one image at input 32, stage 5
+  of the fixture with BN in train mode. Its feature maps are 1x1 there, so each
+  train-mode BN normalises a single value: the output no longer depends on the
+  image (the loss of a constant guess, about log 3), while the running variances
+  shrink by 0.9 a step and inference mode blows every difference up (1e3 times
+  the train-mode loss and more).
 - LR_DIVERGED with SGD lr 10 on everything and with Adam lr 5 on the head (the
-  loss may stay finite; the weights move over 20 times their norm), LR_TOO_LOW
-  (SGD 1e-7 on the head for 3 epochs), LR_DESTROYS_PRETRAINED (head phase, then
-  stage:5 with Adam 3e-3), OVERFITTING (the head on 8 train images of 4 look-alike
-  classes: train accuracy 1, val loss climbing).
-- NO_LEARNING and OVERFIT_BATCH_FAILED on all-black images of 3 balanced
-  classes (the same overfit check passes on real images); constant inputs are
+  loss may stay finite; the weights move over 20 times their norm); LR_TOO_LOW
+  (SGD 1e-7 on the head for 3 epochs); LR_DESTROYS_PRETRAINED (head phase, then
+  stage:5 with Adam 1e-2: conv5 moves about 70% of its norm, val loss grows 50x);
+  OVERFITTING (the head on 8 train images of 4 look-alike classes: train
+  accuracy 1, val loss climbing from the first pair of epochs past the start).
+- NO_LEARNING and OVERFIT_BATCH_FAILED on all-black images of 3 balanced classes,
+  in batches that hold the whole train split: identical inputs, so the head can
+  only match the label frequencies, which are uniform, and the loss sits at log 3
+  to 5 digits; the same overfit check passes on real images. Constant inputs are
   not taken for PREPROC_DOUBLE_SCALE.
 - RESOLUTION_UPSCALED (28-pixel images at input 64) and RESOLUTION_1X1 (input 32).
-- A healthy run (the pretrained export, preprocess auto, balanced 64x64 images
-  at input 64, head then stage:5 at a low rate) raises no warning and no error.
+- A healthy fine-tune (the fixture, preprocess auto, balanced 64x64 images, head
+  then stage:5 at a low rate) raises no warning and no error, for two seeds.
 """
 
 import json
@@ -53,107 +73,18 @@ import math
 import os
 import shutil
 import sqlite3
-import struct
 import subprocess
+import sys
 import tempfile
 import unittest
-import zlib
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.environ.get("RESNETD_BUILD_DIR") or os.path.join(ROOT, "build")
-RESNETD = os.path.join(BUILD, "resnetd")
-FMNIST = os.path.join(BUILD, "tools", "fmnist_to_png")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e import (CAFFE_MEAN_BGR, RESNETD, TORCH_MEAN, TORCH_STD, fmnist,  # noqa: E402
+                 make_pretrained, pngs, read_png, split_stats, write_png)
 
-CAFFE_MEAN_BGR = [103.939, 116.779, 123.68]
-TORCH_MEAN = [0.485, 0.456, 0.406]
-TORCH_STD = [0.229, 0.224, 0.225]
 BN_LAYERS = 53  # ResNet50: stem, 16 blocks x 3, 4 downsample branches
-
-
-# ---- PNG files (8-bit grayscale, as fmnist_to_png writes them) ------------------
-
-def write_png(path, rows):
-    """rows: list of lists of 0..255 levels."""
-    h, w = len(rows), len(rows[0])
-    raw = b"".join(b"\x00" + bytes(r) for r in rows)
-
-    def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", zlib.crc32(kind + data) & 0xffffffff))
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
-
-
-def read_png(path):
-    """rows of an 8-bit grayscale, non-interlaced PNG (any filter)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    pos, idat, w, h = 8, b"", 0, 0
-    while pos < len(data):
-        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        body = data[pos + 8:pos + 8 + n]
-        if kind == b"IHDR":
-            w, h, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", body)
-            assert (depth, color, interlace) == (8, 0, 0), path
-        elif kind == b"IDAT":
-            idat += body
-        pos += 12 + n
-    raw = zlib.decompress(idat)
-    rows, prev = [], [0] * w
-    for y in range(h):
-        ft, line = raw[y * (w + 1)], list(raw[y * (w + 1) + 1:(y + 1) * (w + 1)])
-        for x in range(w):
-            a = line[x - 1] if x else 0
-            b, c = prev[x], prev[x - 1] if x else 0
-            if ft == 1:
-                line[x] = (line[x] + a) & 255
-            elif ft == 2:
-                line[x] = (line[x] + b) & 255
-            elif ft == 3:
-                line[x] = (line[x] + (a + b) // 2) & 255
-            elif ft == 4:
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        rows.append(line)
-        prev = line
-    return rows
-
-
-def pngs(folder):
-    """Every .png under folder, sorted."""
-    out = []
-    for d, _, files in os.walk(folder):
-        out += [os.path.join(d, f) for f in files if f.endswith(".png")]
-    return sorted(out)
-
-
-def split_stats(folder):
-    """(images, mean, population std, population std of the images' own means) of
-    the pixels of every PNG under folder, as the dataset scan computes a split's
-    per-channel statistics (gray: all equal)."""
-    n = s = sq = 0
-    means = []
-    for p in pngs(folder):
-        rows = read_png(p)
-        px = sum(len(r) for r in rows)
-        tot = sum(sum(r) for r in rows)
-        n += px
-        s += tot
-        sq += sum(v * v for r in rows for v in r)
-        means.append(tot / px)
-    mean = s / n
-    m1 = sum(means) / len(means)
-    m2 = sum(m * m for m in means) / len(means)
-    return (len(means), mean, math.sqrt(max(sq / n - mean * mean, 0.0)),
-            math.sqrt(max(m2 - m1 * m1, 0.0)))
-
-
-def fmnist(out, *args):
-    subprocess.run([FMNIST, out, *args], check=True, capture_output=True)
-    return out
+STAGE5_BN_LAYERS = 10  # conv5: 3 blocks x 3 and a downsample branch
+FINETUNE_START_STEPS = 10  # "past the start" when fine-tuning (docs/diagnosis.md)
 
 
 def job(dataset, weights, phases, input_size=32, batch_size=8, preprocess="torch", **kw):
@@ -163,16 +94,19 @@ def job(dataset, weights, phases, input_size=32, batch_size=8, preprocess="torch
     return s
 
 
-def phase(epochs, train, opt, lr, name=None, **kw):
+def phase(epochs, train, opt, lr, name=None, bn=None, **kw):
     p = {"epochs": epochs, "train": train, "optimizer": {"type": opt, "lr": lr}}
     p["optimizer"].update(kw)
     if name:
         p["name"] = name
+    if bn:
+        p["bn"] = bn
     return p
 
 
 class Run:
-    """One `resnetd train --db` run: stdout, findings by code, epochs rows."""
+    """One `resnetd train --db` run: stdout, findings by code, epochs rows, and the
+    optimizer steps each epoch took (steps rows)."""
 
     def __init__(self, proc, db):
         self.proc, self.stdout = proc, proc.stdout
@@ -190,10 +124,16 @@ class Run:
             for k in ("weight_change", "predicted", "confusion"):
                 r[k] = json.loads(r[k]) if r[k] else None
             self.epochs.append(r)
+        self.steps = [n for _, n in con.execute(
+            "SELECT epoch, count(*) FROM steps GROUP BY epoch ORDER BY epoch")]
         con.close()
 
     def codes(self, severity=None):
         return {c for c, f in self.findings.items() if severity in (None, f["severity"])}
+
+    def steps_done(self, epoch):
+        """Optimizer steps of the job at the end of epoch (0-based)."""
+        return sum(self.steps[:epoch + 1])
 
 
 class Diagnosis(unittest.TestCase):
@@ -203,7 +143,7 @@ class Diagnosis(unittest.TestCase):
         t = cls.tmp.name
         cls.fm32 = fmnist(os.path.join(t, "fm32"), "--classes", "0,1,7", "--per-class", "12",
                           "--size", "32")
-        # the healthy run's images: other images (seeded choice) of the pretraining classes
+        # the fine-tuning runs' images: other images (seeded choice) of the fixture's classes
         cls.fm64 = fmnist(os.path.join(t, "fm64"), "--classes", "0,1,7", "--per-class", "20",
                           "--size", "64", "--seed", "5")
         # 0/1 pixels: 64x64 Fashion-MNIST images divided by 255 and stored as 8-bit PNGs
@@ -213,22 +153,13 @@ class Diagnosis(unittest.TestCase):
         for p in pngs(src):
             write_png(os.path.join(cls.scaled, os.path.relpath(p, src)),
                       [[round(v / 255) for v in row] for row in read_png(p)])
-        # one small pretraining: everything from scratch with BN in train mode, then
-        # everything with BN frozen (so that inference-mode statistics fit), then the head
+        # the pretrained weights: deterministic (e2e.make_pretrained), fitted to t-shirt,
+        # trouser and sneaker at 64x64 with torch preprocessing
         pre = fmnist(os.path.join(t, "pre64"), "--classes", "0,1,7", "--per-class", "24",
                      "--size", "64")
         cls.pretrained = os.path.join(t, "pretrained.safetensors")
-        spec = {"name": "pretrain", "dataset": pre, "weights": "random", "preprocess": "torch",
-                "input_size": 64, "batch_size": 8, "seed": 1,
-                "phases": [dict(phase(4, "all", "adam", 3e-4, "scratch"), bn="train"),
-                           phase(2, "all", "adam", 1e-4, "adapt"),
-                           phase(4, "head", "adam", 3e-3, "head")]}
-        path = os.path.join(t, "pretrain.json")
-        with open(path, "w") as f:
-            json.dump(spec, f)
-        r = subprocess.run([RESNETD, "train", path, "--export", cls.pretrained],
-                           capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr
+        info = make_pretrained(cls.pretrained, pre)
+        assert info["train_accuracy"] == 1.0, info
         cls.n_runs = 0
 
     @classmethod
@@ -263,6 +194,12 @@ class Diagnosis(unittest.TestCase):
 
     def close(self, a, b, rel=1e-4, abs_=1e-6):
         self.assertTrue(math.isclose(a, b, rel_tol=rel, abs_tol=abs_), f"{a} != {b}")
+
+    def first_persisting_epoch(self, run, start_steps):
+        """The first epoch that, with the one before, ends at least start_steps into
+        the job: the earliest a symptom that must persist past the start can show."""
+        return next(e for e in range(1, len(run.epochs))
+                    if run.steps_done(e - 1) >= start_steps)
 
     # ---- preprocessing ---------------------------------------------------------
 
@@ -414,65 +351,89 @@ class Diagnosis(unittest.TestCase):
         self.assert_errors(r, set())
 
     def test_imbalance(self):
-        data = fmnist(self.path("imb"), "--counts", "0:60,1:6", "--layout", "split",
-                      "--val-fraction", "0.25", "--size", "32")
-        count = {s: sorted(len(pngs(os.path.join(data, s, c))) for c in
-                           os.listdir(os.path.join(data, s))) for s in ("train", "val")}
-        small, big = count["train"]
-        self.assertEqual((small, big), (4, 45))
-        r = self.run_job(job(data, "random", [phase(3, "head", "adam", 1e-3)]))
+        # 40:4 train and 20:2 val images that carry no class information: mid-grey,
+        # each with one dark pixel at its own place (so no two files are identical)
+        data, i = self.path("imb"), 0
+        for split, counts in (("train", (40, 4)), ("val", (20, 2))):
+            for cls, n in zip(("big", "small"), counts):
+                for k in range(n):
+                    rows = [[128] * 32 for _ in range(32)]
+                    rows[i // 32][i % 32] = 0
+                    i += 1
+                    write_png(os.path.join(data, split, cls, f"{k}.png"), rows)
+        r = self.run_job(job(data, self.pretrained, [phase(4, "head", "adam", 1e-3)],
+                             preprocess="auto"))
         f, ev = self.finding(r, "DATA_IMBALANCE", "info", None)
-        self.assertEqual((ev["largest"], ev["smallest"]), (big, small))
-        self.close(ev["imbalance"], big / small)
+        self.assertEqual((ev["largest"], ev["smallest"]), (40, 4))
+        self.close(ev["imbalance"], 10.0)
         f, ev = self.finding(r, "CLASS_IMBALANCE_UNWEIGHTED", "warning", None)
         self.assertEqual(ev["class_weight"], "none")
-        self.close(ev["imbalance"], big / small)
-        # what the imbalance did to the predictions, checked against that epoch's row
-        seen = [c for c in ("ACCURACY_IS_MAJORITY", "BALANCED_GAP", "PREDICTIONS_COLLAPSE")
-                if c in r.findings]
-        self.assertTrue(seen, r.stdout)
-        majority = count["val"][1] / sum(count["val"])
-        for code in seen:
-            f, ev = self.finding(r, code, "warning")
-            row = r.epochs[f["epoch"]]
+        self.close(ev["imbalance"], 10.0)
+        # the head learns the class frequencies within a few steps and then answers
+        # "big" for every image: accuracy is exactly the majority share, balanced 0.5
+        majority = 20 / 22
+        first = self.first_persisting_epoch(r, FINETUNE_START_STEPS)
+        for code in ("ACCURACY_IS_MAJORITY", "BALANCED_GAP"):
+            f, ev = self.finding(r, code, "warning", first)
+            row, before = r.epochs[first], r.epochs[first - 1]
+            self.close(ev["val_acc"], row["val_acc"])
+            self.close(ev["balanced_acc"], row["val_balanced_acc"])
+            self.close(ev["previous_val_acc"], before["val_acc"])
+            self.close(ev["val_acc"], majority)
+            self.close(ev["balanced_acc"], 0.5)
             if code == "ACCURACY_IS_MAJORITY":
                 self.close(ev["majority_share"], majority)
-                self.close(ev["val_acc"], row["val_acc"])
-                self.close(ev["balanced_acc"], row["val_balanced_acc"])
-                self.assertLess(abs(ev["val_acc"] - majority), 0.03)
-            elif code == "BALANCED_GAP":
-                self.close(ev["val_acc"], row["val_acc"])
-                self.close(ev["balanced_acc"], row["val_balanced_acc"])
-                self.assertGreater(ev["val_acc"] - ev["balanced_acc"], 0.15)
             else:
-                pred, total = row["predicted"], sum(row["predicted"])
-                self.assertEqual(ev["class"], pred.index(max(pred)))
-                self.close(ev["prediction_share"], max(pred) / total)
-                self.close(ev["label_share"], sum(row["confusion"][ev["class"]]) / total)
+                self.close(ev["previous_balanced_acc"], before["val_balanced_acc"])
+        self.assertEqual(r.epochs[first]["predicted"], [22, 0])
+        # 100% of predictions on a class that is 91% of the labels is no collapse
+        self.assertNotIn("PREDICTIONS_COLLAPSE", r.findings)
+        self.assertIn("class_weight", r.findings["ACCURACY_IS_MAJORITY"]["fix"])
         self.assert_errors(r, set())
         # weighting the classes answers CLASS_IMBALANCE_UNWEIGHTED (not DATA_IMBALANCE)
-        w = self.run_job(job(data, "random", [phase(1, "head", "adam", 1e-3)],
-                             class_weight="balanced"))
+        w = self.run_job(job(data, self.pretrained, [phase(1, "head", "adam", 1e-3)],
+                             preprocess="auto", class_weight="balanced"))
         self.assertIn("DATA_IMBALANCE", w.findings)
         self.assertNotIn("CLASS_IMBALANCE_UNWEIGHTED", w.findings)
 
     # ---- BatchNorm ---------------------------------------------------------------
 
+    def test_bn_frozen_random(self):
+        r = self.run_job(job(self.fm32, "random", [phase(1, "stage:5", "adam", 1e-3,
+                                                         bn="frozen")]))
+        f, ev = self.finding(r, "BN_FROZEN_RANDOM", "warning", 0)
+        self.assertEqual(ev, {"phase": 0, "bn_frozen_random_layers": STAGE5_BN_LAYERS})
+        self.assertIn('"bn": "train"', f["fix"])  # the from-scratch fix
+        # the same phase on loaded weights freezes statistics that fit: nothing to say
+        ok = self.run_job(job(self.fm32, self.pretrained,
+                              [phase(1, "stage:5", "adam", 1e-3, bn="frozen")],
+                              preprocess="auto"))
+        self.assertNotIn("BN_FROZEN_RANDOM", ok.findings)
+
     def test_bn_small_batch_and_train_infer_gap(self):
-        r = self.run_job(job(self.fm32, "random",
-                             [dict(phase(1, "all", "adam", 1e-3), bn="train")], batch_size=4))
+        r = self.run_job(job(self.fm32, self.pretrained,
+                             [phase(2, "stage:5", "adam", 1e-3, bn="train")],
+                             batch_size=1, preprocess="auto"))
         f, ev = self.finding(r, "BN_SMALL_BATCH", "warning", 0)
-        self.assertEqual(ev, {"phase": 0, "bn_layers_in_train_mode": BN_LAYERS, "batch_size": 4})
-        f, ev = self.finding(r, "BN_TRAIN_INFER_GAP", "warning", 0)
-        train, infer = ev["train_mode_loss"], ev["inference_mode_loss"]
-        self.assertTrue(math.isfinite(train) and math.isfinite(infer))
-        self.assertGreater(abs(infer - train), max(0.2, 0.5 * train))
+        self.assertEqual(ev, {"phase": 0, "bn_layers_in_train_mode": STAGE5_BN_LAYERS,
+                              "batch_size": 1})
+        self.assertIn("frozen", f["fix"])  # fine-tuning: keep the pretrained layers' BN frozen
+        # both epochs end 30 or more steps into the phase (one step per train image)
+        self.assertGreaterEqual(r.steps[0], 30)
+        f, ev = self.finding(r, "BN_TRAIN_INFER_GAP", "warning", 1)
+        self.assertEqual(ev["phase_steps"], r.steps_done(1))
+        for t, i in ((ev["train_mode_loss"], ev["inference_mode_loss"]),
+                     (ev["previous_train_mode_loss"], ev["previous_inference_mode_loss"])):
+            # train mode cannot tell images apart: the loss of a constant guess
+            self.assertLess(abs(t - math.log(3)), 0.2)
+            # measured 1.7e3 and 1e8 against a threshold of about 0.55, on every kernel
+            self.assertGreater(abs(i - t), 100 * max(0.2, t / 2))
         self.assert_errors(r, set())
 
     # ---- learning rate and training dynamics -------------------------------------
 
     def test_lr_diverged(self):
-        for name, ph in (("sgd lr 10, everything", dict(phase(1, "all", "sgd", 10.0), bn="train")),
+        for name, ph in (("sgd lr 10, everything", phase(1, "all", "sgd", 10.0)),
                          ("adam lr 5, head", phase(2, "head", "adam", 5.0))):
             with self.subTest(name):
                 r = self.run_job(job(self.fm32, "random", [ph]))
@@ -484,13 +445,14 @@ class Diagnosis(unittest.TestCase):
                         self.assertIsNone(ev[k])
                     else:
                         self.close(ev[k], row[k])
-                        self.assertGreater(ev[k], 100 * math.log(3))
                 self.assertEqual(ev["previous"], [None, None, None])
                 moved = [w for w in row["weight_change"] if w is not None and math.isfinite(w)]
                 if ev["max_relative_weight_change"] is not None and moved:
                     self.close(ev["max_relative_weight_change"], max(moved))
+                # the rule's reason: a loss that is not a number, or weights blown up
                 self.assertTrue(row["val_loss"] is None or row["train_loss"] is None
                                 or ev["max_relative_weight_change"] > 20)
+                self.assertIn("from random weights", f["fix"])
                 self.assert_errors(r, {"LR_DIVERGED"})
 
     def test_lr_too_low(self):
@@ -504,13 +466,13 @@ class Diagnosis(unittest.TestCase):
         head = [e["weight_change"][5] for e in r.epochs]  # only the head trains
         self.close(ev["weight_change_per_epoch"], (head[2] - head[0]) / 2, rel=1e-3, abs_=1e-10)
         self.assertLess(ev["weight_change_per_epoch"], 1e-4)
-        self.assertNotIn("NO_LEARNING", r.findings)
+        self.assertNotIn("NO_LEARNING", r.findings)  # 18 steps: too few to judge
         self.assert_errors(r, set())
 
     def test_lr_destroys_pretrained(self):
         r = self.run_job(job(self.fm64, self.pretrained,
                              [phase(3, "head", "adam", 1e-3, "head"),
-                              phase(1, "stage:5", "adam", 3e-3, "stage5")],
+                              phase(1, "stage:5", "adam", 1e-2, "stage5")],
                              input_size=64, preprocess="auto"))
         f, ev = self.finding(r, "LR_DESTROYS_PRETRAINED", "warning", 3)
         before, after = r.epochs[2], r.epochs[3]
@@ -518,66 +480,80 @@ class Diagnosis(unittest.TestCase):
         self.close(ev["val_acc_after"], after["val_acc"])
         self.close(ev["val_loss_before"], before["val_loss"])
         self.close(ev["val_loss_after"], after["val_loss"])
-        self.assertTrue(ev["val_acc_before"] - ev["val_acc_after"] > 0.1
-                        or ev["val_loss_after"] > 1.5 * ev["val_loss_before"])
+        # measured: val loss 0.65 -> 33..70 and accuracy 0.75..0.83 -> 0.33 on every kernel
+        self.assertGreater(ev["val_loss_after"], 10 * ev["val_loss_before"])
         self.assertEqual(before["weight_change"][4], 0.0)  # conv5 frozen in the head phase
         self.close(ev["max_relative_weight_change"], after["weight_change"][4])
-        self.assertGreater(ev["max_relative_weight_change"], 0.05)
+        # Adam moves each weight about lr a step: conv5 about 70% of its norm, far above
+        # the rule's 1% and far below LR_DIVERGED's 20x
+        self.assertGreater(ev["max_relative_weight_change"], 0.1)
+        self.assertLess(ev["max_relative_weight_change"], 5)
         self.assert_errors(r, set())
 
     def test_overfitting(self):
         # 2 train images per class of 4 look-alike classes (t-shirt, pullover, coat,
-        # shirt), 8 val: the head learns the 8 by heart and val loss climbs
+        # shirt), 32 val: the head learns the 8 by heart (train accuracy 1 from the
+        # third step), val accuracy stays near 0.4 and val loss climbs every epoch
         data = fmnist(self.path("few"), "--classes", "0,2,4,6", "--per-class", "10",
                       "--layout", "split", "--val-fraction", "0.8", "--size", "64",
                       "--seed", "9")
         self.assertEqual(len(pngs(os.path.join(data, "train"))), 8)
         r = self.run_job(job(data, self.pretrained,
-                             [phase(12, "head", "sgd", 3e-3, momentum=0.9)],
+                             [phase(14, "head", "sgd", 1e-2, momentum=0.9)],
                              input_size=64, preprocess="auto"))
         f, ev = self.finding(r, "OVERFITTING", "warning")
         e = f["epoch"]
+        # one step an epoch: both epochs of the rule end 10 steps or more into the job
+        self.assertGreaterEqual(e, self.first_persisting_epoch(r, FINETUNE_START_STEPS))
         row = r.epochs[e]
         self.close(ev["train_acc"], row["train_acc"])
         self.close(ev["val_acc"], row["val_acc"])
         self.close(ev["val_loss"], row["val_loss"])
+        self.close(ev["previous_train_acc"], r.epochs[e - 1]["train_acc"])
+        self.close(ev["previous_val_acc"], r.epochs[e - 1]["val_acc"])
         self.assertGreater(ev["train_acc"] - ev["val_acc"], 0.25)
         self.assertLess(r.epochs[e - 2]["val_loss"], r.epochs[e - 1]["val_loss"])
         self.assertLess(r.epochs[e - 1]["val_loss"], row["val_loss"])
         self.close(ev["best_val_loss"], min(x["val_loss"] for x in r.epochs[:e + 1]))
         self.assertEqual(r.epochs[-1]["train_acc"], 1.0)
+        self.assertIn("pretrained layers", f["fix"])  # the fine-tuning fix
         self.assert_errors(r, set())
 
     def test_no_learning_and_overfit_batch_failed_on_black_images(self):
+        # 12 + 4 black images per class; batches of 36 hold the whole train split, so
+        # every step sees the label frequencies (uniform) and nothing else
         black = self.path("black")
-        for c in ("a", "b", "c"):
-            for i in range(8):
-                write_png(os.path.join(black, c, f"{i}.png"), [[0] * 32 for _ in range(32)])
+        for split, n in (("train", 12), ("val", 4)):
+            for c in ("a", "b", "c"):
+                for i in range(n):
+                    write_png(os.path.join(black, split, c, f"{i}.png"),
+                              [[0] * 32 for _ in range(32)])
         pf = {"overfit_batch": True, "steps": 20}
-        # (Adam 3e-4: at 1e-3 the epoch losses of this tiny set swing 0 to 30% over
-        # log 3 and never stay within the rule's 5% for 3 epochs)
-        r = self.run_job(job(black, self.pretrained, [phase(10, "head", "adam", 3e-4)],
-                             preprocess="auto", preflight=pf))
+        r = self.run_job(job(black, self.pretrained, [phase(40, "head", "sgd", 1e-3)],
+                             batch_size=36, preprocess="auto", preflight=pf))
         f, ev = self.finding(r, "OVERFIT_BATCH_FAILED", "error", None)
-        self.assertEqual((ev["steps"], ev["batch"]), (20, 8))
-        self.assertLess(ev["accuracy"], 0.9)
-        # identical inputs get one answer: the accuracy is one class's share of the batch
-        self.close(ev["accuracy"] * 8, round(ev["accuracy"] * 8), abs_=1e-6)
+        self.assertEqual((ev["steps"], ev["batch"]), (20, 36))
+        # identical inputs get one answer: one class's share of the batch, 12 of 36
+        self.close(ev["accuracy"], 1 / 3, abs_=1e-5)
         f, ev = self.finding(r, "NO_LEARNING", "error")
         e = f["epoch"]
-        self.assertGreaterEqual(e, 2)
-        self.assertEqual(ev["classes"], 3)
+        self.assertEqual(r.steps[:e + 1], [1] * (e + 1))
+        self.assertEqual((ev["classes"], ev["steps"]), (3, ev["epochs"]))
+        self.assertGreaterEqual(ev["epochs"], 30)  # 30 steps at least, and 3 epochs
         self.close(ev["log_classes"], math.log(3))
         self.close(ev["train_loss"], r.epochs[e]["train_loss"])
-        for x in r.epochs[e - 2:e + 1]:
+        for x in r.epochs[e - ev["epochs"] + 1:e + 1]:
             self.assertLess(abs(x["train_loss"] / math.log(3) - 1), 0.05)
+        # the head relaxes to uniform guessing: log 3 to 5 digits by the end
+        self.close(r.epochs[-1]["train_loss"], math.log(3), rel=1e-4)
+        self.assertIn("weights' own", f["fix"])  # the fine-tuning fix
         f, ev = self.finding(r, "DATA_DARK_OR_SCALED", "warning", None)
         self.assertEqual((ev["pixel_mean"], ev["pixel_std"]), (0, 0))
         # blank images are not double scaling: only the two errors of this scenario
         self.assert_errors(r, {"NO_LEARNING", "OVERFIT_BATCH_FAILED"})
-        # the same check on real images, same optimizer: one batch is learned by heart
-        ok = self.run_job(job(self.fm32, self.pretrained, [phase(1, "head", "adam", 3e-4)],
-                              preprocess="auto", preflight=pf))
+        # the same check on real images: the head learns one batch by heart
+        ok = self.run_job(job(self.fm64, self.pretrained, [phase(1, "head", "adam", 1e-3)],
+                              input_size=64, preprocess="auto", preflight=pf))
         self.assertNotIn("OVERFIT_BATCH_FAILED", ok.findings)
 
     # ---- resolution --------------------------------------------------------------
@@ -599,14 +575,17 @@ class Diagnosis(unittest.TestCase):
     # ---- a healthy run -------------------------------------------------------------
 
     def test_healthy_run_is_quiet(self):
-        r = self.run_job(job(self.fm64, self.pretrained,
-                             [phase(3, "head", "adam", 1e-3, "head"),
-                              phase(2, "stage:5", "sgd", 1e-3, "stage5", momentum=0.9)],
-                             input_size=64, preprocess="auto"))
-        self.assertEqual(len(r.epochs), 5)
-        loud = {c: f["raw"] for c, f in r.findings.items() if f["severity"] != "info"}
-        self.assertEqual(loud, {}, r.stdout)
-        self.assertGreater(max(e["val_acc"] for e in r.epochs), 0.6)
+        for seed in (2, 3):
+            with self.subTest(seed=seed):
+                r = self.run_job(job(self.fm64, self.pretrained,
+                                     [phase(3, "head", "adam", 1e-3, "head"),
+                                      phase(2, "stage:5", "sgd", 1e-3, "stage5", momentum=0.9)],
+                                     input_size=64, preprocess="auto", seed=seed))
+                self.assertEqual(len(r.epochs), 5)
+                loud = {c: f["raw"] for c, f in r.findings.items() if f["severity"] != "info"}
+                self.assertEqual(loud, {}, r.stdout)
+                # measured 1.0 for both seeds on every kernel; chance is 1/3
+                self.assertGreater(max(e["val_acc"] for e in r.epochs), 0.8)
 
 
 if __name__ == "__main__":

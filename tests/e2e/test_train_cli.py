@@ -23,13 +23,12 @@ import re
 import signal
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import unittest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BUILD = os.environ.get("RESNETD_BUILD_DIR") or os.path.join(ROOT, "build")
-RESNETD = os.path.join(BUILD, "resnetd")
-FMNIST = os.path.join(BUILD, "tools", "fmnist_to_png")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e import RESNETD, fmnist  # noqa: E402
 
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+) \[(\w+)\] train loss ([\d.]+) acc ([\d.]+) \| "
                         r"val loss ([\d.]+) acc ([\d.]+)")
@@ -62,9 +61,8 @@ class TrainCli(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
         cls.tmp = tempfile.TemporaryDirectory(prefix="resnetd-train-cli-")
-        cls.data = os.path.join(cls.tmp.name, "fm")
-        subprocess.run([FMNIST, cls.data, "--classes", "0,1,7", "--per-class", "16",
-                        "--size", "32"], check=True, capture_output=True)
+        cls.data = fmnist(os.path.join(cls.tmp.name, "fm"), "--classes", "0,1,7",
+                          "--per-class", "16", "--size", "32")
 
     @classmethod
     def tearDownClass(cls):
