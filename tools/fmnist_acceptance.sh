@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Transfer learning on real data, end to end with resnetd train:
-#   1. pretrain from scratch on Fashion-MNIST classes 0-4 at 32x32, export;
-#   2. fine-tune on classes 5-9 (a fifth of the images to train on, the rest to
-#      validate: few labels, where pretrained features pay; head phase, then
-#      stage:5 at a lower rate) from those weights,
-#      with the pretraining's own seed (its new head must not be the
-#      pretraining's initial head);
+# Pretrained features on real data, end to end with resnetd train:
+#   1. pretrain from scratch on Fashion-MNIST at 32x32 (classes 5-9 of the train
+#      file; PRETRAIN_CLASSES=0,1,2,3,4 pretrains on the five other classes), export;
+#   2. fine-tune on few labels of other images of classes 5-9 (from the t10k file;
+#      a fifth of them to train on, the rest to validate): head phase, then
+#      stage:5 at a lower rate, from those weights, with the pretraining's own
+#      seed (its new head must not be the pretraining's initial head);
 #   3. the same schedule from random weights, for comparison.
 # BN is left at "auto": pretrained layers keep their statistics, random ones
 # learn theirs.
@@ -18,8 +18,9 @@ per_pre=${PER_PRETRAIN:-1000}
 per_ft=${PER_FINETUNE:-100}
 pre_epochs=${PRETRAIN_EPOCHS:-8}
 rm -rf "$out" && mkdir -p "$out"
-"$build/tools/fmnist_to_png" "$out/pre" --classes 0,1,2,3,4 --per-class "$per_pre" --size 32 > /dev/null
-"$build/tools/fmnist_to_png" "$out/ft" --classes 5,6,7,8,9 --per-class "$per_ft" --size 32 > /dev/null
+pre_classes=${PRETRAIN_CLASSES:-5,6,7,8,9}
+"$build/tools/fmnist_to_png" "$out/pre" --classes "$pre_classes" --per-class "$per_pre" --size 32 > /dev/null
+"$build/tools/fmnist_to_png" "$out/ft" --classes 5,6,7,8,9 --per-class "$per_ft" --size 32 --split test > /dev/null
 cat > "$out/pretrain.json" <<JSON
 {"name": "fmnist-pretrain", "dataset": "$out/pre", "weights": "random",
  "input_size": 32, "batch_size": 32, "seed": 1, "augment": {"hflip": true},
@@ -37,11 +38,11 @@ finetune() { # name weights
              "optimizer": {"type": "adam", "lr": 0.0001}}]}
 JSON
 }
-echo "== pretrain ($per_pre images x 5 classes, $pre_epochs epochs)"
+echo "== pretrain (classes $pre_classes, $per_pre images each, $pre_epochs epochs)"
 "$build/resnetd" train "$out/pretrain.json" --db "$out/acceptance.db" --export "$out/pretrained.safetensors" | tee "$out/pretrain.log" | grep -v '^  per stage'
 finetune finetune "$out/pretrained.safetensors"
 finetune scratch random
-echo "== fine-tune from the pretrained weights ($per_ft images x 5 other classes, a fifth to train on)"
+echo "== fine-tune from the pretrained weights (classes 5-9: $per_ft other images each, from the t10k file, a fifth to train on)"
 "$build/resnetd" train "$out/finetune.json" --db "$out/acceptance.db" | tee "$out/finetune.log" | grep -v '^  per stage'
 echo "== the same schedule from random weights"
 "$build/resnetd" train "$out/scratch.json" --db "$out/acceptance.db" | tee "$out/scratch.log" | grep -v '^  per stage'
