@@ -281,7 +281,7 @@ class Diagnosis(unittest.TestCase):
         self.assertEqual(ev["sample"], 16)  # the first batch
         self.assertGreaterEqual(ev["top_share"], 0.8)
         self.close(ev["top_share"] * 16, round(ev["top_share"] * 16), abs_=1e-4)
-        # the export's own predictions on these images agree on the class
+        # the fixture's own predictions (resnetd predict) on these images agree on the class
         train = pngs(os.path.join(self.scaled, "train"))
         p = subprocess.run([RESNETD, "predict", self.pretrained, *train, "--top", "1", "--json"],
                            capture_output=True, text=True, timeout=300)
