@@ -7,7 +7,7 @@
  * in a run wait: a one-epoch transient is not raised, the same condition held on
  * consecutive epochs past the start is, and the start is longer from random
  * weights than when fine-tuning; each fix names the action for the job's
- * situation (from scratch or fine-tuning). (tests/tools/test_diagnosis.py runs
+ * situation (from scratch or fine-tuning). (tests/e2e/test_diagnosis.py runs
  * real scenarios end to end.)
  */
 #include "testutil.h"
