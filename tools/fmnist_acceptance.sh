@@ -14,9 +14,9 @@
 set -euo pipefail
 build=${1:-build}
 out=${2:-$build/acceptance}
-per_pre=${PER_PRETRAIN:-1000}
+per_pre=${PER_PRETRAIN:-400}
 per_ft=${PER_FINETUNE:-100}
-pre_epochs=${PRETRAIN_EPOCHS:-8}
+pre_epochs=${PRETRAIN_EPOCHS:-4}
 rm -rf "$out" && mkdir -p "$out"
 pre_classes=${PRETRAIN_CLASSES:-5,6,7,8,9}
 "$build/tools/fmnist_to_png" "$out/pre" --classes "$pre_classes" --per-class "$per_pre" --size 32 > /dev/null
