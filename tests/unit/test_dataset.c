@@ -334,7 +334,7 @@ static int expected_val(int n, double f, uint64_t seed, int c, int *want_val)
         want_val[i] = 0;
     }
     Rng r;
-    rng_seed(&r, seed ^ ((uint64_t)(c + 1) * 0xD1B54A32D192ED03ULL));
+    rng_stream(&r, seed, RNG_SPLIT, (uint64_t)c, 0); /* the class's split stream */
     for (int i = n - 1; i > 0; i--) {
         int j = (int)rng_below(&r, (uint64_t)i + 1);
         int t = idx[i];
