@@ -881,8 +881,8 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
             bn_train_layers += m->layers[i].kind == LAYER_BN && m->layers[i].batch_stats;
         bn_n = 0;
         if (!(resuming && (ck.phase_epoch_next > 0 || ck.step_next > 0)))
-            diag_phase(&diag, pi, ph->name, bn_train_layers, select_frozen_random_bn(m), s->batch_size, epoch,
-                       cb ? cb->on_finding : NULL, cb ? cb->ctx : NULL);
+            diag_phase(&diag, pi, ph->name, bn_train_layers, select_frozen_random_bn(m),
+                       s->batch_size, epoch, cb ? cb->on_finding : NULL, cb ? cb->ctx : NULL);
         if (cb && cb->on_phase) {
             char desc[320];
             select_describe(m, desc, sizeof desc);
