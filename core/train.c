@@ -832,6 +832,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
 
     memcpy(start_params, m->param_data, m->n_floats * sizeof(float));
     const int total = jobspec_total_epochs(s);
+    double last_checkpoint = now_seconds();
     int resumed = 0;
     if (opt && opt->checkpoint_path && opt->resume) {
         int found = checkpoint_load(opt->checkpoint_path, s, m, best_params, &ck, err);
@@ -1091,7 +1092,8 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
                 }
                 diag_epoch(&diag, &es, cb->on_finding, cb->ctx);
             }
-            if (opt && opt->checkpoint_path) {
+            if (opt && opt->checkpoint_path &&
+                now_seconds() - last_checkpoint >= opt->checkpoint_interval_s) {
                 Checkpoint now;
                 memset(&now, 0, sizeof now);
                 now.phase = pi;
@@ -1107,6 +1109,7 @@ int train_run(const JobSpec *s, const TrainOptions *opt, const TrainCallbacks *c
                     optim_free(&optim);
                     goto done;
                 }
+                last_checkpoint = now_seconds();
             }
             metrics_free(&em);
             /* when early stopping ends the phase, numbering stays contiguous */

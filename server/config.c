@@ -72,6 +72,7 @@ static const ConfigOption options[] = {
     {"log_level", OPT_CHOICE, FIELD(log_level), 0, LAST(log_level_names), "info",
      log_level_names},
     {"max_jobs_queued", OPT_INT, FIELD(max_jobs_queued), 1, 100000, "100", NULL},
+    {"checkpoint_interval", OPT_INT, FIELD(checkpoint_interval), 0, 86400, "60", NULL},
 };
 
 _Static_assert(sizeof options / sizeof options[0] == CONFIG_OPTION_COUNT,

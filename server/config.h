@@ -39,7 +39,7 @@ typedef enum {
 } ConfigSource;
 
 /* The number of options (rows of the table in config.c). */
-#define CONFIG_OPTION_COUNT 14
+#define CONFIG_OPTION_COUNT 15
 
 #define CONFIG_PATH_MAX 4096
 
@@ -60,6 +60,7 @@ typedef struct {
     int insecure;               /* 1: allow a non-loopback address without a token */
     int log_level;              /* a LogLevel */
     int max_jobs_queued;        /* 1..100000 */
+    int checkpoint_interval;    /* seconds between a job's checkpoints, 0 = every epoch */
 
     /* Where each value came from, by option (table order), and for values from
      * the file, its line; config_file is the file that was read ("" = none). */

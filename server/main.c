@@ -42,8 +42,8 @@ static int usage(FILE *out)
             "  version                  print the version and the BLAS kernel in use\n"
             "  inspect FILE.safetensors print variant, tensor count, parameter count, metadata\n"
             "  train SPEC.json [--db FILE] [--export OUT.safetensors]\n"
-            "                [--checkpoint FILE [--resume]] [--no-cache] [--cache-dir DIR]\n"
-            "                [--blas-kernel env|auto]\n"
+            "                [--checkpoint FILE [--resume] [--checkpoint-interval S]]\n"
+            "                [--no-cache] [--cache-dir DIR] [--blas-kernel env|auto]\n"
             "                           run one fine-tuning job in the foreground (docs/jobs.md)\n"
             "  predict WEIGHTS IMAGE... [--top K] [--json]\n"
             "                           top-k classes of images with exported weights\n"
@@ -209,6 +209,9 @@ static void train_on_start(void *ctx, const Dataset *ds, const struct Resnet *m,
     p->classes = ds->classes;
     p->epoch = first_epoch;
     p->epoch_t0 = now_seconds();
+    if (first_epoch > 0 || first_step > 0)
+        fprintf(stderr, "resuming at epoch %d, step %d from the checkpoint\n", first_epoch + 1,
+                first_step + 1);
     if (!p->store || p->store_failed)
         return;
     if (store_job_trim(p->store, p->job, first_epoch, first_step, &err) ||
@@ -353,6 +356,12 @@ static int cmd_train(int argc, char **argv, char **cmdline, Config *opts)
                 return 2;
             }
         }
+        else if (!strcmp(argv[i], "--checkpoint-interval") && i + 1 < argc) {
+            if (config_load_flag_option(opts, "checkpoint_interval", argv[++i], &err)) {
+                fprintf(stderr, "resnetd train: %s\n", err.msg);
+                return 2;
+            }
+        }
         else if (!spec_path && argv[i][0] != '-')
             spec_path = argv[i];
         else
@@ -360,10 +369,13 @@ static int cmd_train(int argc, char **argv, char **cmdline, Config *opts)
     }
     if (bad_args || !spec_path || (topt.resume && !topt.checkpoint_path)) {
         fprintf(stderr, "usage: resnetd train SPEC.json [--db FILE] [--export OUT.safetensors] "
-                        "[--checkpoint FILE [--resume]] [--no-cache] [--cache-dir DIR] "
-                        "[--blas-kernel env|auto]\n");
+                        "[--checkpoint FILE [--resume] [--checkpoint-interval S]] [--no-cache] "
+                        "[--cache-dir DIR] [--blas-kernel env|auto]\n");
         return 2;
     }
+    topt.checkpoint_interval_s = opts->checkpoint_interval;
+    /* Ctrl-C or SIGTERM writes a checkpoint at the batch it stopped at */
+    topt.checkpoint_on_cancel = &cancel_flag;
     blas_start(cmdline, opts, "resnetd train", 1);
     FILE *f = fopen(spec_path, "rb");
     if (!f) {
@@ -629,8 +641,8 @@ static int cmd_serve(int argc, char **argv, char **cmdline)
 
     EventHub *events = events_create();
     Worker *worker = NULL;
-    WorkerConfig wc = {db, cfg.data_dir, cfg.weights_dir, cfg.cache_bytes, cfg.max_pixels,
-                       events};
+    WorkerConfig wc = {db,         cfg.data_dir,   cfg.weights_dir, cfg.cache_bytes,
+                       cfg.max_pixels, cfg.checkpoint_interval, events};
     if (!events || worker_start(&worker, &wc, &err)) {
         fprintf(stderr, "resnetd serve: %s\n", events ? err.msg : "out of memory");
         events_free(events);

@@ -284,6 +284,7 @@ static void run_job(Worker *w, int64_t job)
     opt.spill_dir = dir;
     opt.max_pixels = w->cfg.max_pixels;
     opt.checkpoint_on_cancel = &w->stopping;
+    opt.checkpoint_interval_s = w->cfg.checkpoint_interval;
     TrainCallbacks cb = {&r, on_phase, on_step, on_epoch, &w->cancel, on_done, on_start,
                          on_finding};
     TrainResult res;

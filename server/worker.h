@@ -25,6 +25,7 @@ typedef struct {
     const char *weights_dir;
     size_t cache_bytes;
     uint64_t max_pixels;
+    int checkpoint_interval;    /* seconds, 0 = after every epoch (TrainOptions) */
     EventHub *events;
 } WorkerConfig;
 

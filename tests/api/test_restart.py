@@ -38,12 +38,12 @@ def free_port():
 
 
 class Daemon:
-    def __init__(self, data_dir, data_root):
+    def __init__(self, data_dir, data_root, *flags):
         self.port = free_port()
         self.log = open(os.path.join(data_dir + ".log"), "ab")
         self.proc = subprocess.Popen(
             [RESNETD, "serve", "--listen", f"127.0.0.1:{self.port}", "--data-dir", data_dir,
-             "--data-root", data_root], stdout=self.log, stderr=self.log)
+             "--data-root", data_root, *flags], stdout=self.log, stderr=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 20
         while time.time() < deadline:
@@ -110,8 +110,8 @@ class Restart(unittest.TestCase):
     def tearDownClass(cls):
         cls.tmp.cleanup()
 
-    def start(self, name):
-        d = Daemon(os.path.join(self.tmp.name, name), self.root)
+    def start(self, name, *flags):
+        d = Daemon(os.path.join(self.tmp.name, name), self.root, *flags)
         self.addCleanup(lambda: d.proc.poll() is None and d.kill())
         return d
 
@@ -137,16 +137,33 @@ class Restart(unittest.TestCase):
         self.assertEqual([s["index"] for s in steps], list(range(5 * per_epoch)))
 
     def test_kill_9_then_restart_resumes(self):
-        d = self.start("kill9")
+        # a checkpoint after every epoch: the restart resumes after the last one
+        d = self.start("kill9", "--checkpoint-interval", "0")
         jid = self.submit(d)
         d.wait(lambda: d.get(f"/api/jobs/{jid}")["epochs_done"] >= 2, "two epochs")
         d.kill(signal.SIGKILL)
-        d2 = self.start("kill9")
+        d2 = self.start("kill9", "--checkpoint-interval", "0")
         d2.wait(lambda: d2.get(f"/api/jobs/{jid}")["state"] in ("completed", "failed"),
                 "the resumed job to finish")
         self.assert_each_epoch_and_step_once(d2, jid)
         with open(os.path.join(self.tmp.name, "kill9.log")) as f:
-            self.assertIn("resum", f.read())
+            self.assertRegex(f.read(), r"resuming at epoch [2-5], step 1 from its checkpoint")
+
+    def test_kill_9_before_the_first_checkpoint_starts_over(self):
+        # the default interval (60 s) is longer than this job: no checkpoint yet,
+        # so the restarted job runs from its first epoch and replaces the rows
+        # the killed run wrote; each epoch and step is still recorded once
+        d = self.start("kill9-default")
+        jid = self.submit(d)
+        d.wait(lambda: d.get(f"/api/jobs/{jid}")["epochs_done"] >= 2, "two epochs")
+        d.kill(signal.SIGKILL)
+        ckpt = os.path.join(self.tmp.name, "kill9-default", "jobs", str(jid),
+                            "checkpoint.safetensors")
+        self.assertFalse(os.path.exists(ckpt))
+        d2 = self.start("kill9-default")
+        d2.wait(lambda: d2.get(f"/api/jobs/{jid}")["state"] in ("completed", "failed"),
+                "the restarted job to finish")
+        self.assert_each_epoch_and_step_once(d2, jid)
 
     def test_sigterm_exits_0_with_a_checkpoint_and_resumes(self):
         d = self.start("term")

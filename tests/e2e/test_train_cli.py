@@ -9,9 +9,12 @@ and a head phase then a stage:5 phase from random weights:
 - --db FILE records the job (spec, state, classes), one row per epoch with the
   values printed on stdout, per-class rows whose support adds up to the val split,
   a confusion matrix that sums to it, and one row per training step.
-- SIGINT after the first epoch with --checkpoint, then --resume with the same
-  --db: the same job row continues, every epoch appears exactly once, and the
-  resumed epochs equal an uninterrupted run's to 1e-5.
+- SIGINT after the first epoch with --checkpoint: a checkpoint at the batch it
+  stopped at; then --resume with the same --db: the same job row continues from
+  that batch, every epoch and step appears exactly once, and the resumed epochs
+  equal an uninterrupted run's to 2e-3 (the resumed head phase runs its remaining
+  steps without the frozen-prefix cache, another float order: here `--no-cache`
+  alone moves the last val loss by 1e-4. test_train checks resuming to 1e-5).
 - --export then `predict --json` gives each image's top-k over the class names.
 - A bad spec is refused with the JSON path of the bad field; a bad --db path with
   the database error; neither leaves a job row behind.
@@ -142,7 +145,8 @@ class TrainCli(unittest.TestCase):
         want = epochs_of(straight.stdout)
         self.assertEqual(len(want), 5)
 
-        p = subprocess.Popen([RESNETD, "train", sp, "--db", db, "--checkpoint", ck],
+        p = subprocess.Popen([RESNETD, "train", sp, "--db", db, "--checkpoint", ck,
+                              "--checkpoint-interval", "0"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first = ""  # findings come first (before training), then epoch 1's line
         while not first.startswith("epoch "):
@@ -159,6 +163,7 @@ class TrainCli(unittest.TestCase):
 
         r = self.train(sp, "--db", db, "--checkpoint", ck, "--resume")
         self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertRegex(r.stderr, r"resuming at epoch 2, step \d+ from the checkpoint")
         got = epochs_of(first + out + r.stdout)
         self.assertEqual([e[0] for e in got][-4:], [2, 3, 4, 5])
         con = sqlite3.connect(db)
@@ -168,8 +173,8 @@ class TrainCli(unittest.TestCase):
                            ).fetchall()
         self.assertEqual([row[0] for row in rows], [0, 1, 2, 3, 4])
         for row, w in zip(rows, want):
-            self.assertAlmostEqual(row[1], w[2], delta=1e-5 * max(1.0, w[2]) + 1e-4)
-            self.assertAlmostEqual(row[2], w[3], delta=1e-5 * max(1.0, w[3]) + 1e-4)
+            self.assertAlmostEqual(row[1], w[2], delta=2e-3 * max(1.0, w[2]))
+            self.assertAlmostEqual(row[2], w[3], delta=2e-3 * max(1.0, w[3]))
         # every step of every epoch once
         dup = con.execute("SELECT count(*) FROM (SELECT epoch, step FROM steps"
                           " GROUP BY epoch, step HAVING count(*) > 1)").fetchone()[0]

@@ -31,6 +31,7 @@ static const char *const option_names[CONFIG_OPTION_COUNT][3] = {
     {"insecure", "RESNETD_INSECURE", "--insecure"},
     {"log_level", "RESNETD_LOG_LEVEL", "--log-level"},
     {"max_jobs_queued", "RESNETD_MAX_JOBS_QUEUED", "--max-jobs-queued"},
+    {"checkpoint_interval", "RESNETD_CHECKPOINT_INTERVAL", "--checkpoint-interval"},
 };
 
 /* Writes text to a fresh scratch file; returns its path (static buffer). */
@@ -83,6 +84,7 @@ static void assert_config_equal(const Config *a, const Config *b)
     assert_int_equal(a->insecure, b->insecure);
     assert_int_equal(a->log_level, b->log_level);
     assert_int_equal(a->max_jobs_queued, b->max_jobs_queued);
+    assert_int_equal(a->checkpoint_interval, b->checkpoint_interval);
 }
 
 static char *read_text(const char *path)
@@ -124,6 +126,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.insecure, 0);
     assert_int_equal(c.log_level, LOG_LEVEL_INFO);
     assert_int_equal(c.max_jobs_queued, 100);
+    assert_int_equal(c.checkpoint_interval, 60);
     assert_string_equal(c.config_file, "");
     for (int i = 0; i < CONFIG_OPTION_COUNT; i++)
         assert_int_equal(config_source(&c, option_names[i][0], NULL), CONFIG_FROM_DEFAULT);
@@ -211,11 +214,13 @@ static void test_file_errors(void **state)
     assert_file_error("# one\n\nthreads = 2\nthread = 4\n",
                       "4: unknown option 'thread' (options: listen, data_dir, data_root, "
                       "weights_dir, threads, blas_kernel, cache_bytes, upload_limit, body_limit, "
-                      "max_pixels, token, insecure, log_level, max_jobs_queued)");
+                      "max_pixels, token, insecure, log_level, max_jobs_queued, "
+                      "checkpoint_interval)");
     /* keys are lower-case, as written */
     assert_file_error("THREADS = 2\n", "1: unknown option 'THREADS' (options: listen, data_dir, "
                       "data_root, weights_dir, threads, blas_kernel, cache_bytes, upload_limit, "
-                      "body_limit, max_pixels, token, insecure, log_level, max_jobs_queued)");
+                      "body_limit, max_pixels, token, insecure, log_level, max_jobs_queued, "
+                      "checkpoint_interval)");
     assert_file_error("\nthreads 4\n", "2: expected KEY = VALUE (got 'threads 4')");
     assert_file_error("= 4\n", "1: expected KEY = VALUE (the key is missing)");
     assert_file_error("threads = 1\n\nthreads = 2\n", "3: threads: already set on line 1");
@@ -511,7 +516,7 @@ static void test_env(void **state)
     for (int i = 0; i < CONFIG_OPTION_COUNT; i++) {
         static const char *const values[CONFIG_OPTION_COUNT] = {
             "127.0.0.1:1", "/d", "/r", "/w", "1", "auto", "1", "1", "1K", "1", "t", "on", "warn",
-            "1"};
+            "1", "0"};
         char var[128];
         snprintf(var, sizeof var, "%s=%s", option_names[i][1], values[i]);
         char *one[] = {var, NULL};
@@ -635,7 +640,7 @@ static void test_args(void **state)
     for (int i = 0; i < CONFIG_OPTION_COUNT; i++) {
         static const char *const values[CONFIG_OPTION_COUNT] = {
             "127.0.0.1:1", "/d", "/r", "/w", "1", "auto", "1", "1", "1K", "1", "t", "on", "warn",
-            "1"};
+            "1", "0"};
         char flag[128];
         snprintf(flag, sizeof flag, "%s=%s", option_names[i][2], values[i]);
         assert_int_equal(args_rc(&c, &err, ARGS(flag)), 0);
@@ -644,7 +649,8 @@ static void test_args(void **state)
 
     const char *known = "(flags: --listen, --data-dir, --data-root, --weights-dir, --threads, "
                         "--blas-kernel, --cache-bytes, --upload-limit, --body-limit, --max-pixels, --token, "
-                        "--insecure, --log-level, --max-jobs-queued, --config, --print-config)";
+                        "--insecure, --log-level, --max-jobs-queued, --checkpoint-interval, "
+                        "--config, --print-config)";
     char want[512];
     assert_int_equal(args_rc(&c, &err, ARGS("--threads", "2", "--thread", "2")), -1);
     snprintf(want, sizeof want, "unknown flag '--thread' %s", known);
@@ -861,6 +867,7 @@ static void test_print(void **state)
         {"insecure = true", "--insecure"},
         {"log_level = info", "default"},
         {"max_jobs_queued = 100", "default"},
+        {"checkpoint_interval = 60", "default"},
     };
     for (int i = 0; i < CONFIG_OPTION_COUNT; i++) {
         const char *from = lines[i][1];

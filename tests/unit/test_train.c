@@ -564,6 +564,28 @@ static void test_checkpoint_resume_matches(void **state)
         assert_true(fabs(a.val_loss[e] - got->val_loss[k]) <= 1e-5 * fabs(a.val_loss[e]));
         assert_true(fabs(a.val_acc[e] - got->val_acc[k]) <= 1e-5);
     }
+    /* with a checkpoint interval longer than the job, no epoch writes one (a
+     * cancel is not a stop), and a resume starts over: its first epoch is epoch 1 */
+    char ckpt3[4096];
+    snprintf(ckpt3, sizeof ckpt3, "%s", testutil_tmp_path("job-sparse.ckpt"));
+    TrainOptions sparse = {.checkpoint_path = ckpt3, .resume = 1, .checkpoint_interval_s = 1e9};
+    Curve f1, f2;
+    memset(&f1, 0, sizeof f1);
+    memset(&f2, 0, sizeof f2);
+    f1.cancel_after = 2;
+    cb.ctx = &f1;
+    cb.cancel = &f1.log.cancel;
+    if (train_run(&s, &sparse, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(f1.n, 2);
+    assert_int_equal(access(ckpt3, F_OK), -1);
+    f2.cancel_after = 1;
+    cb.ctx = &f2;
+    cb.cancel = &f2.log.cancel;
+    if (train_run(&s, &sparse, &cb, &res, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(f2.n, 1);
+    assert_true(fabs(a.train_loss[0] - f2.train_loss[0]) <= 1e-5 * fabs(a.train_loss[0]));
     /* a checkpoint of another job is refused, naming the difference */
     JobSpec other = s;
     other.batch_size = 8;
