@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: a newcomer's first run, through the REST API.
-#   1. makes two Fashion-MNIST datasets under var/demo-data (classes 0-4, 400
-#      images each, to pretrain on; classes 5-9, 60 each, 12 to train on and 48
-#      to validate, to fine-tune on: few labels, where pretrained features pay;
-#      32x32 PNGs);
+#   1. makes two Fashion-MNIST datasets under var/demo-data: all ten classes,
+#      150 images each from the training file, to pretrain on (the "ImageNet" of
+#      this demo); classes 5-9, 60 images each from the t10k file (images the
+#      pretraining never saw), 12 to train on and 48 to validate, to fine-tune
+#      on: few labels, where pretrained features pay; 32x32 PNGs;
 #   2. starts the daemon (build/resnetd serve, data in var/) unless one answers;
 #   3. registers both datasets, pretrains from scratch, puts the exported weights
 #      into the weights folder, then fine-tunes them (head, then stage:5) with
@@ -26,14 +27,15 @@ mkdir -p var "$data"
 say() { printf '\n== %s\n' "$*"; }
 run() { printf '$ %s\n' "$*"; "$@"; echo; }
 
-pre_per=${DEMO_PRETRAIN_PER_CLASS:-400}
+pre_per=${DEMO_PRETRAIN_PER_CLASS:-150}
 pre_epochs=${DEMO_PRETRAIN_EPOCHS:-4}
 ft_per=${DEMO_FINETUNE_PER_CLASS:-60}
 seeds=${DEMO_SEEDS:-1 2 3}
-for set in pretrain:0,1,2,3,4:$pre_per finetune:5,6,7,8,9:$ft_per; do
-  IFS=: read -r name classes per <<< "$set"
+for set in pretrain10:all:$pre_per:train finetune-t10k:5,6,7,8,9:$ft_per:test; do
+  IFS=: read -r name classes per split <<< "$set"
   if [ ! -d "$data/$name-$per" ]; then
-    "$build/tools/fmnist_to_png" "$data/$name-$per" --classes "$classes" --per-class "$per" --size 32 > /dev/null
+    "$build/tools/fmnist_to_png" "$data/$name-$per" --classes "$classes" --per-class "$per" \
+      --size 32 --split "$split" > /dev/null 2>&1
   fi
 done
 
@@ -63,7 +65,7 @@ wait_job() { # id
 
 t0=$(date +%s)
 say "register the datasets (folders under the data root)"
-for set in pretrain:$pre_per finetune:$ft_per; do
+for set in pretrain10:$pre_per finetune-t10k:$ft_per; do
   IFS=: read -r name per <<< "$set"
   printf "\$ curl -s -X POST $url/api/datasets -H 'Content-Type: application/json' -d '{\"name\": \"fm-%s\", \"path\": \"%s\"}'\n" "$name-$per" "$name-$per"
   post /api/datasets "{\"name\": \"fm-$name-$per\", \"path\": \"$name-$per\"}" | json '"  dataset %s: %s images, classes %s" % (d.get("name"), d.get("report", {}).get("images"), d.get("report", {}).get("classes")) if "error" not in d else "  " + d["error"]["message"]'
@@ -71,11 +73,11 @@ done
 
 # BN: "auto" (the default) trains the statistics of random layers and keeps
 # those of pretrained ones; preprocess "auto" is torch's for random weights
-pretrain="{\"name\": \"demo-pretrain\", \"dataset\": \"fm-pretrain-$pre_per\", \"weights\": \"random\",
+pretrain="{\"name\": \"demo-pretrain\", \"dataset\": \"fm-pretrain10-$pre_per\", \"weights\": \"random\",
  \"input_size\": 32, \"batch_size\": 32, \"seed\": 1, \"augment\": {\"hflip\": true},
  \"phases\": [{\"name\": \"scratch\", \"epochs\": $pre_epochs, \"train\": \"all\",
              \"optimizer\": {\"type\": \"adam\", \"lr\": 0.001}, \"lr_schedule\": {\"type\": \"cosine\", \"warmup_epochs\": 1}}]}"
-say "pretrain from scratch on 5 classes, $pre_per images each (watch it at $url/)"
+say "pretrain from scratch on all 10 classes, $pre_per images each (watch it at $url/)"
 echo "\$ curl -s -X POST $url/api/jobs -H 'Content-Type: application/json' -d '$pretrain'"
 pre=$(post /api/jobs "$pretrain" | json 'd["id"]')
 wait_job "$pre"
@@ -86,13 +88,13 @@ run curl -s -o "$weights_dir/demo-pretrained.safetensors" "$url/api/jobs/$pre/we
 run curl -s "$url/api/weights"
 
 finetune() { # name weights seed
-  echo "{\"name\": \"$1\", \"dataset\": \"fm-finetune-$ft_per\", \"weights\": \"$2\", \"seed\": $3,
+  echo "{\"name\": \"$1\", \"dataset\": \"fm-finetune-t10k-$ft_per\", \"weights\": \"$2\", \"seed\": $3,
  \"input_size\": 32, \"batch_size\": 16, \"val_fraction\": 0.8,
  \"phases\": [{\"name\": \"head\", \"epochs\": 5, \"train\": \"head\", \"optimizer\": {\"type\": \"adam\", \"lr\": 0.003}},
             {\"name\": \"stage5\", \"epochs\": 3, \"train\": \"stage:5\",
              \"optimizer\": {\"type\": \"adam\", \"lr\": 0.0001}}]}"
 }
-say "fine-tune on the 5 other classes ($((ft_per / 5)) training images each): head, then stage:5 at a lower rate;"
+say "fine-tune a new 5-class head on classes 5-9 of unseen images ($((ft_per / 5)) training images each): head, then stage:5 at a lower rate;"
 echo "   the same schedule from random weights; seeds $seeds (the pretraining's seed among them)"
 ft_ids=() rnd_ids=()
 for seed in $seeds; do
@@ -121,6 +123,6 @@ Dashboard:   $url/
 Curves:      curl -s $url/api/jobs/$ft/metrics
 Per class:   curl -s $url/api/jobs/$ft/classes
 Live events: curl -sN $url/api/jobs/$ft/events
-Predict:     curl -s -X POST "$url/api/jobs/$ft/predict?top=3" -H 'Content-Type: image/png' --data-binary @$(ls "$data"/finetune-$ft_per/*/*.png | head -1)
+Predict:     curl -s -X POST "$url/api/jobs/$ft/predict?top=3" -H 'Content-Type: image/png' --data-binary @$(ls "$data"/finetune-t10k-$ft_per/*/*.png | head -1)
 EOT
 if [ -n "$pid" ]; then echo "Stop:        kill $pid   (the daemon keeps running until then)"; fi
