@@ -13,8 +13,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <sqlite3.h>
-
 #include "api.h"
 #include "blas.h"
 #include "config.h"
@@ -311,18 +309,9 @@ static int db_job(Store *st, const char *spec_text, const JobSpec *spec, int res
                   Error *err)
 {
     if (resume) {
-        sqlite3_stmt *q;
-        sqlite3 *db = store_db(st);
-        if (sqlite3_prepare_v2(db, "SELECT id FROM jobs WHERE spec = ? AND state <> 'completed'"
-                                   " ORDER BY id DESC LIMIT 1", -1, &q, NULL) != SQLITE_OK)
-            return error_set(err, "%s", sqlite3_errmsg(db));
-        sqlite3_bind_text(q, 1, spec_text, -1, SQLITE_STATIC);
-        int found = sqlite3_step(q) == SQLITE_ROW;
+        int found = store_job_unfinished_with_spec(st, spec_text, id, err);
         if (found)
-            *id = sqlite3_column_int64(q, 0);
-        sqlite3_finalize(q);
-        if (found)
-            return 0;
+            return found < 0 ? -1 : 0;
     }
     return store_job_insert(st, spec->name, spec_text, NULL, jobspec_total_epochs(spec),
                             JOB_QUEUED, id, err);
@@ -622,13 +611,10 @@ static int cmd_serve(int argc, char **argv, char **cmdline)
         fprintf(stderr, "resnetd serve: %s\n", err.msg);
         return 1;
     }
-    json_t *running = store_query(st, "SELECT id FROM jobs WHERE state = 'running'", 0, 0, &err);
-    size_t i;
-    json_t *row;
-    json_array_foreach(running, i, row)
+    int64_t running;
+    if (store_job_running(st, &running, &err) > 0)
         log_msg(LOG_LEVEL_INFO, "job %lld was running when the daemon stopped: it resumes from "
-                "its last checkpoint", (long long)json_integer_value(json_object_get(row, "id")));
-    json_decref(running);
+                "its last checkpoint", (long long)running);
     store_close(st);
 
     /* SIGINT and SIGTERM are taken by sigwait below, in this thread only */

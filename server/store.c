@@ -551,7 +551,10 @@ static json_t *column_json(sqlite3_stmt *st, int i)
     }
 }
 
-json_t *store_query(Store *s, const char *sql, int64_t a, int64_t b, Error *err)
+/* Runs sql with ?1 = a and ?2 = b (when the statement has them) and returns the
+ * rows as an array of objects keyed by column name (column_json's types). NULL
+ * on error. */
+static json_t *query(Store *s, const char *sql, int64_t a, int64_t b, Error *err)
 {
     sqlite3_stmt *st = prepare(s, sql, err);
     if (!st)
@@ -578,11 +581,13 @@ json_t *store_query(Store *s, const char *sql, int64_t a, int64_t b, Error *err)
     return rows;
 }
 
-json_t *store_query_one(Store *s, const char *sql, int64_t a, int64_t b, int *missing,
-                        Error *err)
+/* The first row of query, or NULL with err "not found" (*missing = 1) or a
+ * database error (*missing = 0). */
+static json_t *query_one(Store *s, const char *sql, int64_t a, int64_t b, int *missing,
+                         Error *err)
 {
     *missing = 0;
-    json_t *rows = store_query(s, sql, a, b, err);
+    json_t *rows = query(s, sql, a, b, err);
     if (!rows)
         return NULL;
     json_t *row = json_array_get(rows, 0);
@@ -594,6 +599,169 @@ json_t *store_query_one(Store *s, const char *sql, int64_t a, int64_t b, int *mi
     }
     json_decref(rows);
     return row;
+}
+
+/* ---- named reads --------------------------------------------------------- */
+
+#define EPOCH_SELECT                                                                         \
+    "SELECT epoch, phase, phase_name, phase_epoch, lr, train_loss, train_acc, val_loss,"     \
+    " val_acc, val_balanced_acc, seconds, images_per_second, best, cached, grad_norm,"       \
+    " weight_change, predicted FROM epochs "
+
+json_t *store_job_get(Store *s, int64_t id, int *missing, Error *err)
+{
+    json_t *j = query_one(s, "SELECT id, name, state, error, created, started, finished,"
+                             " epochs_total, epochs_done, phase, phase_name, classes, spec,"
+                             " info AS resolved FROM jobs WHERE id = ?1", id, 0, missing, err);
+    if (!j && *missing)
+        error_set(err, "no job %lld", (long long)id);
+    return j;
+}
+
+json_t *store_job_best(Store *s, int64_t id, Error *err)
+{
+    int missing;
+    return query_one(s, "SELECT epoch, val_loss, val_acc FROM epochs WHERE job_id = ?1 AND"
+                        " val_loss IS NOT NULL ORDER BY val_loss, epoch LIMIT 1", id, 0,
+                     &missing, err);
+}
+
+json_t *store_job_ids(Store *s, Error *err)
+{
+    json_t *rows = query(s, "SELECT id FROM jobs ORDER BY id DESC", 0, 0, err);
+    if (!rows)
+        return NULL;
+    json_t *ids = json_array();
+    size_t i;
+    json_t *row;
+    json_array_foreach(rows, i, row)
+        json_array_append(ids, json_object_get(row, "id"));
+    json_decref(rows);
+    return ids;
+}
+
+int store_jobs_queued(Store *s, int64_t *n, Error *err)
+{
+    int missing;
+    json_t *row = query_one(s, "SELECT count(*) AS n FROM jobs WHERE state = 'queued'", 0, 0,
+                            &missing, err);
+    if (!row)
+        return -1;
+    *n = json_integer_value(json_object_get(row, "n"));
+    json_decref(row);
+    return 0;
+}
+
+int store_job_running(Store *s, int64_t *id, Error *err)
+{
+    int missing;
+    json_t *row = query_one(s, "SELECT id FROM jobs WHERE state = 'running' ORDER BY id LIMIT 1",
+                            0, 0, &missing, err);
+    if (!row)
+        return missing ? 0 : -1;
+    *id = json_integer_value(json_object_get(row, "id"));
+    json_decref(row);
+    return 1;
+}
+
+int store_job_unfinished_with_spec(Store *s, const char *spec_json, int64_t *id, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, "SELECT id FROM jobs WHERE spec = ?1 AND state <> 'completed'"
+                                  " ORDER BY id DESC LIMIT 1", err);
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, spec_json, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st), found = 0;
+    if (rc == SQLITE_ROW) {
+        *id = sqlite3_column_int64(st, 0);
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        db_error(s, err, "job lookup");
+        found = -1;
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
+json_t *store_datasets_list(Store *s, Error *err)
+{
+    return query(s, "SELECT id, name, source, path, created,"
+                    " json_extract(report, '$.classes') AS classes,"
+                    " json_extract(report, '$.images') AS images FROM datasets ORDER BY id",
+                 0, 0, err);
+}
+
+int store_dataset_user(Store *s, int64_t dataset, int64_t *job, Error *err)
+{
+    int missing;
+    json_t *row = query_one(s, "SELECT id FROM jobs WHERE state IN ('queued', 'running')"
+                               " AND (json_extract(spec, '$.dataset') = (SELECT name FROM"
+                               " datasets WHERE id = ?1) OR json_extract(spec, '$.dataset')"
+                               " = CAST(?1 AS TEXT)) ORDER BY id LIMIT 1", dataset, 0, &missing,
+                            err);
+    if (!row)
+        return missing ? 0 : -1;
+    *job = json_integer_value(json_object_get(row, "id"));
+    json_decref(row);
+    return 1;
+}
+
+json_t *store_epochs_list(Store *s, int64_t job, Error *err)
+{
+    return query(s, EPOCH_SELECT "WHERE job_id = ?1 ORDER BY epoch", job, 0, err);
+}
+
+json_t *store_epoch_get(Store *s, int64_t job, int epoch, int *missing, Error *err)
+{
+    return query_one(s, EPOCH_SELECT "WHERE job_id = ?1 AND epoch = ?2", job, epoch, missing,
+                     err);
+}
+
+int store_epoch_last(Store *s, int64_t job, int64_t *epoch, Error *err)
+{
+    int missing;
+    json_t *row = query_one(s, "SELECT max(epoch) AS e FROM epochs WHERE job_id = ?1", job, 0,
+                            &missing, err);
+    if (!row)
+        return -1;
+    json_t *e = json_object_get(row, "e");
+    int found = json_is_integer(e);
+    if (found)
+        *epoch = json_integer_value(e);
+    json_decref(row);
+    return found;
+}
+
+json_t *store_epoch_confusion(Store *s, int64_t job, int64_t epoch, int *missing, Error *err)
+{
+    json_t *row = query_one(s, "SELECT confusion FROM epochs WHERE job_id = ?1 AND epoch = ?2",
+                            job, epoch, missing, err);
+    if (!row)
+        return NULL;
+    json_t *c = json_incref(json_object_get(row, "confusion"));
+    json_decref(row);
+    return c;
+}
+
+json_t *store_class_metrics_list(Store *s, int64_t job, int64_t epoch, Error *err)
+{
+    return query(s, "SELECT class, name, precision, recall, f1, support, predicted FROM"
+                    " class_metrics WHERE job_id = ?1 AND epoch = ?2 ORDER BY class", job,
+                 epoch, err);
+}
+
+json_t *store_steps_list(Store *s, int64_t job, int64_t after, Error *err)
+{
+    return query(s, "SELECT * FROM (SELECT epoch, step, steps, loss, lr,"
+                    " row_number() OVER (ORDER BY epoch, step) - 1 AS 'index'"
+                    " FROM steps WHERE job_id = ?1) WHERE \"index\" > ?2 ORDER BY \"index\"",
+                 job, after, err);
+}
+
+json_t *store_findings_list(Store *s, int64_t job, Error *err)
+{
+    return query(s, "SELECT code, severity, epoch, message, evidence, fix FROM findings"
+                    " WHERE job_id = ?1 ORDER BY rowid", job, 0, err);
 }
 
 /* Runs an UPDATE/DELETE with ?1 = id; the number of rows changed, or -1. */

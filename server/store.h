@@ -84,26 +84,62 @@ int store_step_put(Store *s, int64_t job, int epoch, int step, int steps, double
  * epochs >= from_epoch, and the step rows from (from_epoch, from_step) on. */
 int store_job_trim(Store *s, int64_t job, int from_epoch, int from_step, Error *err);
 
-/* ---- reads and daemon bookkeeping (jansson values, owned by the caller) ---- */
+/* ---- reads (jansson values owned by the caller; NULL with err on a database
+ * error). Columns holding JSON text (spec, classes, resolved, report, grad_norm,
+ * weight_change, predicted, confusion, evidence) come parsed; best, cached and
+ * cancel_requested as booleans. docs/api.md shows them. ---- */
 
-/* Runs sql with ?1 = a and ?2 = b (when the statement has them) and returns
- * the rows as an array of objects keyed by column name. Columns holding JSON
- * text (spec, classes, info, report, grad_norm, weight_change, predicted,
- * confusion, evidence) are parsed; best, cached and cancel_requested become
- * booleans. NULL on error. */
-json_t *store_query(Store *s, const char *sql, int64_t a, int64_t b, Error *err);
+/* The job's row as the API shows it (id, name, state, error, created, started,
+ * finished, epochs_total, epochs_done, phase, phase_name, classes, spec,
+ * resolved); NULL with *missing = 1 when there is no such job. */
+json_t *store_job_get(Store *s, int64_t id, int *missing, Error *err);
 
-/* The first row of store_query, or NULL with err "not found" (*missing = 1)
- * or a database error (*missing = 0). */
-json_t *store_query_one(Store *s, const char *sql, int64_t a, int64_t b, int *missing,
-                        Error *err);
+/* The epoch with the lowest val loss (epoch, val_loss, val_acc), or NULL. */
+json_t *store_job_best(Store *s, int64_t id, Error *err);
 
-/* The columns of an epoch as the API shows it (GET /api/jobs/ID/metrics and the
- * "epoch" event); append "WHERE ..." to use. */
-#define STORE_EPOCH_SELECT                                                                   \
-    "SELECT epoch, phase, phase_name, phase_epoch, lr, train_loss, train_acc, val_loss,"     \
-    " val_acc, val_balanced_acc, seconds, images_per_second, best, cached, grad_norm,"       \
-    " weight_change, predicted FROM epochs "
+/* Every job id, newest first (an array of integers). */
+json_t *store_job_ids(Store *s, Error *err);
+
+/* The number of queued jobs in *n; 0 or -1. */
+int store_jobs_queued(Store *s, int64_t *n, Error *err);
+
+/* The running job (the oldest if several): 1 with *id, 0 none, -1 error. */
+int store_job_running(Store *s, int64_t *id, Error *err);
+
+/* The newest job with exactly this spec text that has not completed
+ * (`resnetd train --resume --db`): 1 with *id, 0 none, -1 error. */
+int store_job_unfinished_with_spec(Store *s, const char *spec_json, int64_t *id, Error *err);
+
+/* Every dataset (id, name, source, path, created, classes, images), by id. */
+json_t *store_datasets_list(Store *s, Error *err);
+
+/* A queued or running job that names the dataset (by name or id): 1 with
+ * *job, 0 none, -1 error. */
+int store_dataset_user(Store *s, int64_t dataset, int64_t *job, Error *err);
+
+/* The job's epochs as GET /api/jobs/ID/metrics shows them, by epoch; one of
+ * them (the "epoch" event), NULL with *missing = 1 when not written. */
+json_t *store_epochs_list(Store *s, int64_t job, Error *err);
+json_t *store_epoch_get(Store *s, int64_t job, int epoch, int *missing, Error *err);
+
+/* The last epoch written: 1 with *epoch, 0 none yet, -1 error. */
+int store_epoch_last(Store *s, int64_t job, int64_t *epoch, Error *err);
+
+/* The epoch's confusion matrix (rows true, columns predicted), NULL with
+ * *missing = 1 when that epoch is not written. */
+json_t *store_epoch_confusion(Store *s, int64_t job, int64_t epoch, int *missing, Error *err);
+
+/* The epoch's per-class rows (class, name, precision, recall, f1, support,
+ * predicted), by class. */
+json_t *store_class_metrics_list(Store *s, int64_t job, int64_t epoch, Error *err);
+
+/* The job's steps (epoch, step, steps, loss, lr, index) with index > after, in
+ * order; index counts the job's steps from 0. */
+json_t *store_steps_list(Store *s, int64_t job, int64_t after, Error *err);
+
+/* The job's findings (code, severity, epoch, message, evidence, fix), in the
+ * order first raised. */
+json_t *store_findings_list(Store *s, int64_t job, Error *err);
 
 /* queued -> cancelled when still queued: 1 done, 0 not queued, -1 error. */
 int store_job_cancel_queued(Store *s, int64_t id, Error *err);
@@ -133,9 +169,6 @@ double store_float(float f);
 /* A diagnosis finding of job (one row per job and code: a later one replaces it). */
 int store_finding_put(Store *s, int64_t job, const Finding *f, Error *err);
 
-/* The columns of a finding as the API shows it; append "WHERE ...". */
-#define STORE_FINDING_SELECT \
-    "SELECT code, severity, epoch, message, evidence, fix FROM findings "
 
 /* For tests and tools: the raw connection (sqlite3 *). */
 void *store_db(Store *s);

@@ -139,8 +139,7 @@ static void on_epoch(void *ctx, const EpochReport *rep)
     }
     /* the event carries exactly what GET /metrics shows for the epoch */
     int missing;
-    json_t *row = store_query_one(w->store, STORE_EPOCH_SELECT "WHERE job_id = ?1 AND epoch = ?2",
-                                  r->job, rep->epoch, &missing, &err);
+    json_t *row = store_epoch_get(w->store, r->job, rep->epoch, &missing, &err);
     if (!row)
         return;
     json_object_set_new(row, "job", json_integer(r->job));
@@ -225,8 +224,7 @@ static void run_job(Worker *w, int64_t job)
 {
     Error err;
     int missing;
-    json_t *row = store_query_one(w->store, "SELECT state, spec FROM jobs WHERE id = ?1", job, 0,
-                                  &missing, &err);
+    json_t *row = store_job_get(w->store, job, &missing, &err);
     if (!row) {
         log_msg(LOG_LEVEL_ERROR, "job %lld: %s", (long long)job, err.msg);
         return;
