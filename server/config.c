@@ -25,6 +25,7 @@ typedef enum {
     OPT_TOKEN,      /* char[] of visible ASCII characters */
     OPT_BOOL,       /* int 0 or 1 */
     OPT_CHOICE,     /* int, the index of one of choices[0..max] (any case) */
+    OPT_URL,        /* char[]: "" or an http://, https:// or file:// URL without spaces */
 } OptionType;
 
 typedef struct {
@@ -73,6 +74,9 @@ static const ConfigOption options[] = {
      log_level_names},
     {"max_jobs_queued", OPT_INT, FIELD(max_jobs_queued), 1, 100000, "100", NULL},
     {"checkpoint_interval", OPT_INT, FIELD(checkpoint_interval), 0, 86400, "60", NULL},
+    /* "": the shipped manifest, found by fetch_default_manifest (server/fetch.h) */
+    {"weights_manifest", OPT_PATH, FIELD(weights_manifest), 0, 0, "", NULL},
+    {"weights_mirror", OPT_URL, FIELD(weights_mirror), 0, 0, "", NULL},
 };
 
 _Static_assert(sizeof options / sizeof options[0] == CONFIG_OPTION_COUNT,
@@ -239,6 +243,15 @@ static int parse_listen(const char *s, char *host, size_t host_size, int *port)
     return 0;
 }
 
+/* 1 when every character of s is visible ASCII (no space, no control, no UTF-8). */
+static int all_visible_ascii(const char *s)
+{
+    for (; *s; s++)
+        if (*s < 0x21 || *s > 0x7e)
+            return 0;
+    return 1;
+}
+
 /* Parses s as option o and stores it in c; on failure leaves c alone and writes
  * what was expected into why. */
 static int option_parse(const ConfigOption *o, const char *s, Config *c, char *why, size_t n)
@@ -264,12 +277,26 @@ static int option_parse(const ConfigOption *o, const char *s, Config *c, char *w
         }
         memcpy(field, s, strlen(s) + 1);
         return 0;
+    case OPT_URL:
+        if (*s && strncmp(s, "http://", 7) && strncmp(s, "https://", 8) &&
+            strncmp(s, "file://", 7)) {
+            snprintf(why, n, "expected an http://, https:// or file:// URL, or \"\" for none");
+            return -1;
+        }
+        if (!all_visible_ascii(s)) {
+            snprintf(why, n, "expected a URL of visible ASCII characters, without spaces");
+            return -1;
+        }
+        if (strlen(s) >= o->size) {
+            snprintf(why, n, "expected a URL of at most %zu bytes", o->size - 1);
+            return -1;
+        }
+        memcpy(field, s, strlen(s) + 1);
+        return 0;
     case OPT_TOKEN:
-        for (const char *p = s; *p; p++) {
-            if (*p < 0x21 || *p > 0x7e) {
-                snprintf(why, n, "expected visible ASCII characters only, without spaces");
-                return -1;
-            }
+        if (!all_visible_ascii(s)) {
+            snprintf(why, n, "expected visible ASCII characters only, without spaces");
+            return -1;
         }
         if (strlen(s) >= o->size) {
             snprintf(why, n, "expected at most %zu characters", o->size - 1);
@@ -755,7 +782,8 @@ void config_print(const Config *c, FILE *out)
         char value[CONFIG_PATH_MAX + 8];
         switch (o->type) {
         case OPT_LISTEN: listen_format(value, sizeof value, c); break;
-        case OPT_PATH: string_format(value, sizeof value, field); break;
+        case OPT_PATH:
+        case OPT_URL: string_format(value, sizeof value, field); break;
         case OPT_TOKEN: snprintf(value, sizeof value, "%s", *field ? "(set)" : "(none)"); break;
         case OPT_INT: snprintf(value, sizeof value, "%d", *(const int *)field); break;
         case OPT_U64:

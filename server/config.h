@@ -39,7 +39,7 @@ typedef enum {
 } ConfigSource;
 
 /* The number of options (rows of the table in config.c). */
-#define CONFIG_OPTION_COUNT 15
+#define CONFIG_OPTION_COUNT 17
 
 #define CONFIG_PATH_MAX 4096
 
@@ -61,6 +61,10 @@ typedef struct {
     int log_level;              /* a LogLevel */
     int max_jobs_queued;        /* 1..100000 */
     int checkpoint_interval;    /* seconds between a job's checkpoints, 0 = every epoch */
+    char weights_manifest[CONFIG_PATH_MAX]; /* named weights (server/fetch.h); "" = the
+                                               shipped config/weights.json */
+    char weights_mirror[CONFIG_PATH_MAX];   /* "" or a URL base that replaces every manifest
+                                               URL's folder (file name: the entry's file) */
 
     /* Where each value came from, by option (table order), and for values from
      * the file, its line; config_file is the file that was read ("" = none). */

@@ -32,6 +32,8 @@ static const char *const option_names[CONFIG_OPTION_COUNT][3] = {
     {"log_level", "RESNETD_LOG_LEVEL", "--log-level"},
     {"max_jobs_queued", "RESNETD_MAX_JOBS_QUEUED", "--max-jobs-queued"},
     {"checkpoint_interval", "RESNETD_CHECKPOINT_INTERVAL", "--checkpoint-interval"},
+    {"weights_manifest", "RESNETD_WEIGHTS_MANIFEST", "--weights-manifest"},
+    {"weights_mirror", "RESNETD_WEIGHTS_MIRROR", "--weights-mirror"},
 };
 
 /* Writes text to a fresh scratch file; returns its path (static buffer). */
@@ -85,6 +87,8 @@ static void assert_config_equal(const Config *a, const Config *b)
     assert_int_equal(a->log_level, b->log_level);
     assert_int_equal(a->max_jobs_queued, b->max_jobs_queued);
     assert_int_equal(a->checkpoint_interval, b->checkpoint_interval);
+    assert_string_equal(a->weights_manifest, b->weights_manifest);
+    assert_string_equal(a->weights_mirror, b->weights_mirror);
 }
 
 static char *read_text(const char *path)
@@ -127,6 +131,8 @@ static void test_defaults(void **state)
     assert_int_equal(c.log_level, LOG_LEVEL_INFO);
     assert_int_equal(c.max_jobs_queued, 100);
     assert_int_equal(c.checkpoint_interval, 60);
+    assert_string_equal(c.weights_manifest, "");
+    assert_string_equal(c.weights_mirror, "");
     assert_string_equal(c.config_file, "");
     for (int i = 0; i < CONFIG_OPTION_COUNT; i++)
         assert_int_equal(config_source(&c, option_names[i][0], NULL), CONFIG_FROM_DEFAULT);
@@ -215,12 +221,12 @@ static void test_file_errors(void **state)
                       "4: unknown option 'thread' (options: listen, data_dir, data_root, "
                       "weights_dir, threads, blas_kernel, cache_bytes, upload_limit, body_limit, "
                       "max_pixels, token, insecure, log_level, max_jobs_queued, "
-                      "checkpoint_interval)");
+                      "checkpoint_interval, weights_manifest, weights_mirror)");
     /* keys are lower-case, as written */
     assert_file_error("THREADS = 2\n", "1: unknown option 'THREADS' (options: listen, data_dir, "
                       "data_root, weights_dir, threads, blas_kernel, cache_bytes, upload_limit, "
                       "body_limit, max_pixels, token, insecure, log_level, max_jobs_queued, "
-                      "checkpoint_interval)");
+                      "checkpoint_interval, weights_manifest, weights_mirror)");
     assert_file_error("\nthreads 4\n", "2: expected KEY = VALUE (got 'threads 4')");
     assert_file_error("= 4\n", "1: expected KEY = VALUE (the key is missing)");
     assert_file_error("threads = 1\n\nthreads = 2\n", "3: threads: already set on line 1");
@@ -427,6 +433,26 @@ static void test_every_option(void **state)
     assert_bad("max_jobs_queued", "0", "expected a whole number from 1 to 100000");
     assert_bad("max_jobs_queued", "100001", "expected a whole number from 1 to 100000");
 
+    assert_int_equal(set_line3(&c, "weights_manifest", "/etc/resnetd/weights.json", &err), 0);
+    assert_string_equal(c.weights_manifest, "/etc/resnetd/weights.json");
+    assert_int_equal(set_line3(&c, "weights_manifest", "\"\"", &err), 0);
+    assert_string_equal(c.weights_manifest, "");
+    const char *mirrors[] = {"http://127.0.0.1:8000/weights", "https://mirror.example/w/",
+                             "file:///srv/weights", "\"\""};
+    const char *mirrored[] = {"http://127.0.0.1:8000/weights", "https://mirror.example/w/",
+                              "file:///srv/weights", ""};
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(set_line3(&c, "weights_mirror", mirrors[i], &err), 0);
+        assert_string_equal(c.weights_mirror, mirrored[i]);
+    }
+    const char *url_why = "expected an http://, https:// or file:// URL, or \"\" for none";
+    assert_bad("weights_mirror", "ftp://mirror/w", url_why);
+    assert_bad("weights_mirror", "/srv/weights", url_why);
+    assert_bad("weights_mirror", "mirror.example", url_why);
+    assert_bad("weights_mirror", "HTTP://MIRROR", url_why);
+    assert_bad("weights_mirror", "\"http://a b/\"",
+               "expected a URL of visible ASCII characters, without spaces");
+
     /* a bad value leaves the option as it was */
     config_defaults(&c);
     assert_int_equal(set_line3(&c, "listen", "0.0.0.0:1", &err), 0);
@@ -516,7 +542,7 @@ static void test_env(void **state)
     for (int i = 0; i < CONFIG_OPTION_COUNT; i++) {
         static const char *const values[CONFIG_OPTION_COUNT] = {
             "127.0.0.1:1", "/d", "/r", "/w", "1", "auto", "1", "1", "1K", "1", "t", "on", "warn",
-            "1", "0"};
+            "1", "0", "/m.json", "http://m/"};
         char var[128];
         snprintf(var, sizeof var, "%s=%s", option_names[i][1], values[i]);
         char *one[] = {var, NULL};
@@ -640,7 +666,7 @@ static void test_args(void **state)
     for (int i = 0; i < CONFIG_OPTION_COUNT; i++) {
         static const char *const values[CONFIG_OPTION_COUNT] = {
             "127.0.0.1:1", "/d", "/r", "/w", "1", "auto", "1", "1", "1K", "1", "t", "on", "warn",
-            "1", "0"};
+            "1", "0", "/m.json", "http://m/"};
         char flag[128];
         snprintf(flag, sizeof flag, "%s=%s", option_names[i][2], values[i]);
         assert_int_equal(args_rc(&c, &err, ARGS(flag)), 0);
@@ -650,7 +676,7 @@ static void test_args(void **state)
     const char *known = "(flags: --listen, --data-dir, --data-root, --weights-dir, --threads, "
                         "--blas-kernel, --cache-bytes, --upload-limit, --body-limit, --max-pixels, --token, "
                         "--insecure, --log-level, --max-jobs-queued, --checkpoint-interval, "
-                        "--config, --print-config)";
+                        "--weights-manifest, --weights-mirror, --config, --print-config)";
     char want[512];
     assert_int_equal(args_rc(&c, &err, ARGS("--threads", "2", "--thread", "2")), -1);
     snprintf(want, sizeof want, "unknown flag '--thread' %s", known);
@@ -837,7 +863,8 @@ static void test_print(void **state)
     Config c;
     Error err = {{0}};
     const char *file = write_conf("# x\ncache_bytes = 1536M\ndata_root = \"\"\n");
-    char *env[] = {"RESNETD_TOKEN=very-secret", "RESNETD_THREADS=5", NULL};
+    char *env[] = {"RESNETD_TOKEN=very-secret", "RESNETD_THREADS=5",
+                   "RESNETD_WEIGHTS_MIRROR=http://127.0.0.1:9/w", NULL};
     assert_int_equal(config_load(&c, ARGS("--config", (char *)file, "--listen", "[::1]:81",
                                           "--weights-dir", "/w #1", "--insecure",
                                           "--blas-kernel", "auto"), env, &err), 0);
@@ -868,6 +895,8 @@ static void test_print(void **state)
         {"log_level = info", "default"},
         {"max_jobs_queued = 100", "default"},
         {"checkpoint_interval = 60", "default"},
+        {"weights_manifest = \"\"", "default"},
+        {"weights_mirror = http://127.0.0.1:9/w", "RESNETD_WEIGHTS_MIRROR"},
     };
     for (int i = 0; i < CONFIG_OPTION_COUNT; i++) {
         const char *from = lines[i][1];
