@@ -6,7 +6,7 @@ WARN     := -Wall -Wextra -Werror
 CFLAGS   ?= -O2 -g
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -fvect-cost-model=dynamic -fopenmp -I$(BLAS_INC) -Icore -Iserver -MMD -MP
 LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ljansson -lpng -ljpeg -lz -lpthread -lm -fopenmp
-SERVER_LIBS := -lsqlite3 -lmicrohttpd -larchive
+SERVER_LIBS := -lsqlite3 -lmicrohttpd -larchive -lcurl -lcrypto
 BUILD    ?= build
 
 CORE_SRC   := $(wildcard core/*.c)
