@@ -15,6 +15,7 @@
 
 #include "api.h"
 #include "blas.h"
+#include "cmd_weights.h"
 #include "config.h"
 #include "events.h"
 #include "log.h"
@@ -45,6 +46,11 @@ static int usage(FILE *out)
             "                           run one fine-tuning job in the foreground (docs/jobs.md)\n"
             "  predict WEIGHTS IMAGE... [--top K] [--json]\n"
             "                           top-k classes of images with exported weights\n"
+            "  weights list [--manifest M]\n"
+            "                           named pretrained weights, and which are downloaded\n"
+            "  weights pull NAME [--manifest M] [--mirror URL] [--weights-dir D]\n"
+            "                           download, verify and install named weights\n"
+            "                           (docs/weights.md, \"Named weights\")\n"
             "environment:\n"
             "  RESNETD_THREADS=N        compute threads (default 0: one per core)\n"
             "  OPENBLAS_CORETYPE=NAME   force an OpenBLAS kernel (default: the fastest for this CPU)\n"
@@ -667,6 +673,9 @@ int main(int argc, char **argv)
     /* serve reads its options (file, environment, flags) before it starts OpenBLAS */
     if (!strcmp(cmd, "serve"))
         return cmd_serve(argc - 2, argv + 2, argv);
+    /* weights needs no BLAS (and no re-exec for its kernel) */
+    if (!strcmp(cmd, "weights"))
+        return cmd_weights(argc - 2, argv + 2);
     Config opts;
     Error err;
     if (command_options(&opts, &err)) {
