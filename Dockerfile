@@ -14,6 +14,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential pkg-config libopenblas-openmp-dev libjansson-dev \
       libmicrohttpd-dev libpng-dev libjpeg62-turbo-dev libsqlite3-dev libarchive-dev \
+      libcurl4-openssl-dev libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -22,13 +23,14 @@ COPY server/ server/
 RUN make -j"$(nproc)" build/resnetd
 
 FROM debian:bookworm-slim
-# the runtime packages of the -dev ones above (libopenblas0-openmp puts
+# the runtime packages of the -dev ones above (libcurl4 and libssl3 for named
+# weights' downloads and hashes; libopenblas0-openmp puts
 # libopenblas.so.0 in /usr/lib/x86_64-linux-gnu/openblas-openmp, the binary's
 # rpath), and curl for the HEALTHCHECK
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libopenblas0-openmp libgomp1 libjansson4 libmicrohttpd12 libpng16-16 \
-      libjpeg62-turbo zlib1g libsqlite3-0 libarchive13 curl \
+      libjpeg62-turbo zlib1g libsqlite3-0 libarchive13 libcurl4 libssl3 curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 resnetd \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/resnetd --no-create-home \
@@ -40,8 +42,12 @@ COPY --from=build /src/build/resnetd /usr/bin/resnetd
 # npm as web/package-lock.json pins it; .dockerignore leaves node_modules out)
 COPY web/ /usr/share/resnetd/web/
 COPY config/resnetd.conf /etc/resnetd/resnetd.conf
-# every library resolves and the binary runs (this fails the build otherwise)
+# the manifest of named weights: weights_manifest's default finds it here
+COPY config/weights.json /etc/resnetd/weights.json
+# every library resolves, the binary runs and finds the weights manifest (this
+# fails the build otherwise)
 RUN ! ldd /usr/bin/resnetd | grep 'not found' && /usr/bin/resnetd version \
+ && /usr/bin/resnetd weights list >/dev/null \
  && { test -f /usr/share/resnetd/web/vendor/uPlot.iife.min.js \
       || { echo "web/vendor/ is missing: run 'make web' before building the image"; exit 1; }; }
 
