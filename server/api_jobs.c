@@ -18,6 +18,7 @@
 #include "log.h"
 #include "select.h"
 #include "worker.h"
+#include "wref.h"
 
 json_t *api_job_json(Api *a, Store *st, int64_t id, int *missing, Error *err)
 {
@@ -75,6 +76,35 @@ static json_t *check_job(const JobSpec *spec, const char *weights_path, json_t *
                      r.memory_limit);
 }
 
+/* Resolves a job's "weights" (wref.h) and checks that what it names is there:
+ * a file in the weights folder, or a completed job's exported model. */
+static int weights_usable(Store *st, Api *a, const char *weights, Wref *ref, Error *err)
+{
+    if (wref_resolve(weights, a->weights_dir, a->data_dir, ref, err))
+        return -1;
+    if (ref->kind == WREF_FILE && access(ref->path, R_OK))
+        return error_set(err, "'%s' is not a file in the weights folder (see GET /api/weights),"
+                         " nor \"random\" or \"job:ID\"", weights);
+    if (ref->kind != WREF_JOB)
+        return 0;
+    int missing;
+    json_t *j = store_job_get(st, ref->job, &missing, err);
+    if (!j)
+        return missing ? error_set(err, "'%s': there is no job %lld", weights,
+                                   (long long)ref->job)
+                       : -1;
+    char state[32];
+    snprintf(state, sizeof state, "%s", json_string_value(json_object_get(j, "state")));
+    json_decref(j);
+    if (strcmp(state, JOB_COMPLETED))
+        return error_set(err, "'%s': job %lld is %s; a job starts from another's weights once "
+                         "that one has completed", weights, (long long)ref->job, state);
+    if (access(ref->path, R_OK))
+        return error_set(err, "'%s': job %lld completed but its exported model %s is missing",
+                         weights, (long long)ref->job, ref->path);
+    return 0;
+}
+
 enum MHD_Result api_handle_job_post(struct MHD_Connection *c, Req *q)
 {
     Api *a = q->api;
@@ -107,18 +137,20 @@ enum MHD_Result api_handle_job_post(struct MHD_Connection *c, Req *q)
         return HTTP_ERROR(c, q, 400, "dataset", "dataset: no registered dataset '%s' (see GET "
                           "/api/datasets)", spec.dataset);
     }
-    const int random = !strcmp(spec.weights, "random");
-    char wpath[8500];
-    snprintf(wpath, sizeof wpath, "%s/%s", a->weights_dir, spec.weights);
-    if (!random && (strchr(spec.weights, '/') || spec.weights[0] == '.' || access(wpath, R_OK))) {
+    Wref ref;
+    if (weights_usable(st, a, spec.weights, &ref, &err)) {
         json_decref(d);
         jobspec_free(&spec);
         json_decref(body);
-        return HTTP_ERROR(c, q, 400, "weights", "weights: '%s' is not a file in the weights "
-                          "folder (see GET /api/weights), nor \"random\"", spec.weights);
+        return HTTP_ERROR(c, q, 400, "weights", "weights: %s", err.msg);
     }
-    json_t *resolved = check_job(&spec, random ? NULL : wpath, d, path, sizeof path, &err);
+    json_t *resolved = check_job(&spec, ref.kind == WREF_RANDOM ? NULL : ref.path, d, path,
+                                 sizeof path, &err);
     json_decref(d);
+    if (resolved && ref.kind == WREF_FILE)
+        json_object_set_new(resolved, "weights_file", json_string(ref.file));
+    if (resolved && ref.kind == WREF_JOB)
+        json_object_set_new(resolved, "weights_job", json_integer(ref.job));
     if (!resolved) {
         jobspec_free(&spec);
         json_decref(body);

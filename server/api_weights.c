@@ -5,6 +5,7 @@
 #include "http.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,9 +13,73 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "log.h"
 #include "resnet.h"
 #include "weights.h"
 #include "worker.h"
+
+/* Does the file start with HDF5's signature? (Keras .h5; safetensors otherwise.) */
+static int is_hdf5(const char *path)
+{
+    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
+    unsigned char head[8];
+    FILE *f = fopen(path, "rb");
+    int yes = f && fread(head, 1, 8, f) == 8 && !memcmp(head, sig, 8);
+    if (f)
+        fclose(f);
+    return yes;
+}
+
+/* Answers 200 with the file at path as an attachment named name. */
+static enum MHD_Result send_file(struct MHD_Connection *c, Req *q, const char *path,
+                                 const char *name)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb)) {
+        if (fd >= 0)
+            close(fd);
+        return HTTP_ERROR(c, q, 404, NULL, "cannot open %s", name);
+    }
+    struct MHD_Response *r = MHD_create_response_from_fd((uint64_t)sb.st_size, fd);
+    char disp[400];
+    snprintf(disp, sizeof disp, "attachment; filename=\"%s\"", name);
+    MHD_add_response_header(r, "Content-Type", "application/octet-stream");
+    MHD_add_response_header(r, "Content-Disposition", disp);
+    return http_send(c, q, 200, r);
+}
+
+/* A weights file in the list's and the upload's answer: name, size, and what
+ * its header says (or the error that makes it unusable). */
+static json_t *entry_json(const char *dir, const char *name)
+{
+    char path[8500];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    struct stat sb;
+    json_t *w = json_pack("{s:s, s:I}", "name", name, "size",
+                          (json_int_t)(stat(path, &sb) ? 0 : sb.st_size));
+    WeightsInfo info;
+    Error err;
+    if (weights_probe(path, &info, &err)) {
+        json_object_set_new(w, "error", json_string(err.msg));
+        return w;
+    }
+    json_object_set_new(w, "format", json_string(is_hdf5(path) ? "h5" : "safetensors"));
+    json_object_set_new(w, "variant", json_string(resnet_variant_name(info.variant)));
+    json_object_set_new(w, "preprocess", json_string(info.preprocess));
+    json_object_set_new(w, "tensors", json_integer(info.n_tensors));
+    json_object_set_new(w, "parameters", json_integer((json_int_t)info.n_params));
+    json_object_set_new(w, "head_classes",
+                        info.has_head ? json_integer(info.head_classes) : json_null());
+    weights_info_free(&info);
+    return w;
+}
+
+static int upload_name_ok(const char *name)
+{
+    return http_valid_name(name) && name[0] != '.' &&
+           (http_ends_with(name, ".safetensors") || http_ends_with(name, ".h5"));
+}
 
 enum MHD_Result api_handle_weights_list(struct MHD_Connection *c, Req *q)
 {
@@ -25,34 +90,142 @@ enum MHD_Result api_handle_weights_list(struct MHD_Connection *c, Req *q)
     char names[256][256];
     int n = 0;
     while (d && (e = readdir(d)) && n < 256)
-        if (e->d_name[0] != '.' && http_ends_with(e->d_name, ".safetensors"))
+        if (e->d_name[0] != '.' && (http_ends_with(e->d_name, ".safetensors") ||
+                                    http_ends_with(e->d_name, ".h5")))
             snprintf(names[n++], sizeof names[0], "%s", e->d_name);
     if (d)
         closedir(d);
     qsort(names, (size_t)n, sizeof names[0], (int (*)(const void *, const void *))strcmp);
-    for (int i = 0; i < n; i++) {
-        char path[8500];
-        if (snprintf(path, sizeof path, "%s/%s", a->weights_dir, names[i]) >= (int)sizeof path)
-            continue;
-        struct stat sb;
-        json_t *w = json_pack("{s:s, s:I}", "name", names[i], "size",
-                              (json_int_t)(stat(path, &sb) ? 0 : sb.st_size));
-        WeightsInfo info;
-        Error err;
-        if (weights_probe(path, &info, &err)) {
-            json_object_set_new(w, "error", json_string(err.msg));
-        } else {
-            json_object_set_new(w, "variant", json_string(resnet_variant_name(info.variant)));
-            json_object_set_new(w, "preprocess", json_string(info.preprocess));
-            json_object_set_new(w, "tensors", json_integer(info.n_tensors));
-            json_object_set_new(w, "parameters", json_integer((json_int_t)info.n_params));
-            json_object_set_new(w, "head_classes",
-                                info.has_head ? json_integer(info.head_classes) : json_null());
-            weights_info_free(&info);
-        }
-        json_array_append_new(list, w);
-    }
+    for (int i = 0; i < n; i++)
+        json_array_append_new(list, entry_json(a->weights_dir, names[i]));
     return http_send_json(c, q, 200, json_pack("{s:o}", "weights", list));
+}
+
+/* Checks the uploaded file as a job would read it: the header (weights_probe),
+ * then every backbone tensor's name, shape and data (weights_load into a model
+ * of the file's variant). The file's format must match the name's extension. */
+static int check_upload(const char *path, const char *name, Error *err)
+{
+    const int h5 = is_hdf5(path);
+    if (h5 != http_ends_with(name, ".h5"))
+        return error_set(err, "the file is %s but the name ends in %s", h5 ? "HDF5" : "not HDF5",
+                         h5 ? ".safetensors" : ".h5");
+    WeightsInfo info;
+    if (weights_probe(path, &info, err))
+        return -1;
+    ResnetConfig cfg = {info.variant, info.has_head ? info.head_classes : 1, 0, 0.0f};
+    weights_info_free(&info);
+    Resnet *m;
+    if (resnet_create(&m, &cfg, err))
+        return -1;
+    int rc = weights_load(m, path, 0, err);
+    resnet_free(m);
+    return rc;
+}
+
+/* PUT /api/weights/NAME: the body was streamed to q->upload_path in the weights
+ * folder; checked, synced and renamed to NAME, or removed. */
+enum MHD_Result api_handle_weights_put(struct MHD_Connection *c, Req *q)
+{
+    Api *a = q->api;
+    const char *name = q->param;
+    Error err;
+    if (!upload_name_ok(name))
+        return HTTP_ERROR(c, q, 400, NULL, "'%s': a weights file name is 1 to 64 letters, digits,"
+                          " '.', '_' or '-', not starting with '.', ending in .safetensors or "
+                          ".h5", name);
+    char final[8500];
+    snprintf(final, sizeof final, "%s/%s", a->weights_dir, name);
+    if (!access(final, F_OK))
+        return HTTP_ERROR(c, q, 409, NULL, "the weights folder has a file '%s' already: DELETE "
+                          "/api/weights/%s first to replace it", name, name);
+    if (check_upload(q->upload_path, name, &err)) {
+        /* the reader names the temporary file: name the upload instead */
+        char msg[sizeof err.msg];
+        const char *tmp = strstr(err.msg, q->upload_path);
+        if (tmp)
+            snprintf(msg, sizeof msg, "%.*s%s%s", (int)(tmp - err.msg), err.msg, name,
+                     tmp + strlen(q->upload_path));
+        else
+            snprintf(msg, sizeof msg, "%s", err.msg);
+        return HTTP_ERROR(c, q, 400, NULL, "%s is not a usable weights file: %s", name, msg);
+    }
+    int fd = open(q->upload_path, O_RDONLY | O_CLOEXEC);
+    int synced = fd >= 0 && fsync(fd) == 0;
+    if (fd >= 0)
+        close(fd);
+    /* link, not rename: a file of that name that appeared meanwhile is not replaced */
+    if (!synced || link(q->upload_path, final)) {
+        int exists = errno == EEXIST;
+        if (exists)
+            return HTTP_ERROR(c, q, 409, NULL, "the weights folder has a file '%s' already",
+                              name);
+        error_set(&err, "cannot install %s: %s", final, strerror(errno));
+        return http_db_failure(c, q, &err);
+    }
+    unlink(q->upload_path);
+    q->upload_path[0] = '\0';
+    int dfd = open(a->weights_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    log_msg(LOG_LEVEL_INFO, "weights '%s' uploaded (%llu bytes)", name,
+            (unsigned long long)q->received);
+    char loc[300];
+    snprintf(loc, sizeof loc, "/api/weights/%s", name);
+    return http_send_created_at(c, q, loc, entry_json(a->weights_dir, name));
+}
+
+/* The file NAME of the weights folder, or NULL after answering 400/404. */
+static const char *existing(struct MHD_Connection *c, Req *q, char *path, size_t len,
+                            enum MHD_Result *rc)
+{
+    const char *name = q->param;
+    if (!upload_name_ok(name)) {
+        *rc = HTTP_ERROR(c, q, 404, NULL, "no weights file '%s'", name);
+        return NULL;
+    }
+    snprintf(path, len, "%s/%s", q->api->weights_dir, name);
+    if (access(path, F_OK)) {
+        *rc = HTTP_ERROR(c, q, 404, NULL, "no weights file '%s' (see GET /api/weights)", name);
+        return NULL;
+    }
+    return name;
+}
+
+enum MHD_Result api_handle_weights_get(struct MHD_Connection *c, Req *q)
+{
+    char path[8500];
+    enum MHD_Result rc;
+    const char *name = existing(c, q, path, sizeof path, &rc);
+    if (!name)
+        return rc;
+    return send_file(c, q, path, name);
+}
+
+enum MHD_Result api_handle_weights_delete(struct MHD_Connection *c, Req *q)
+{
+    char path[8500];
+    enum MHD_Result rc;
+    Error err;
+    const char *name = existing(c, q, path, sizeof path, &rc);
+    if (!name)
+        return rc;
+    Store *st = http_store(q->api, &err);
+    int64_t job = 0;
+    int used = st ? store_weights_user(st, name, &job, &err) : -1;
+    if (used < 0)
+        return http_db_failure(c, q, &err);
+    if (used)
+        return HTTP_ERROR(c, q, 409, NULL, "weights '%s' are in use by job %lld", name,
+                          (long long)job);
+    if (unlink(path)) {
+        error_set(&err, "cannot remove %s: %s", path, strerror(errno));
+        return http_db_failure(c, q, &err);
+    }
+    log_msg(LOG_LEVEL_INFO, "weights '%s' deleted", name);
+    return http_send(c, q, 204, MHD_create_response_from_buffer(0, "", MHD_RESPMEM_PERSISTENT));
 }
 
 enum MHD_Result api_handle_job_weights(struct MHD_Connection *c, Req *q)
@@ -64,23 +237,15 @@ enum MHD_Result api_handle_job_weights(struct MHD_Connection *c, Req *q)
     if (!j)
         return rc;
     const char *state = json_string_value(json_object_get(j, "state"));
-    char path[4400];
+    char path[4400], name[64];
     worker_job_path(q->api->data_dir, id, "model.safetensors", path, sizeof path);
-    int fd = strcmp(state, "completed") ? -1 : open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb)) {
-        if (fd >= 0)
-            close(fd);
+    snprintf(name, sizeof name, "job-%lld.safetensors", (long long)id);
+    if (strcmp(state, "completed") || access(path, R_OK)) {
         rc = HTTP_ERROR(c, q, 409, NULL, "job %lld is %s: its weights exist once it completes",
                         (long long)id, state);
         json_decref(j);
         return rc;
     }
-    char disp[256];
-    snprintf(disp, sizeof disp, "attachment; filename=\"job-%lld.safetensors\"", (long long)id);
     json_decref(j);
-    struct MHD_Response *r = MHD_create_response_from_fd((uint64_t)sb.st_size, fd);
-    MHD_add_response_header(r, "Content-Type", "application/octet-stream");
-    MHD_add_response_header(r, "Content-Disposition", disp);
-    return http_send(c, q, 200, r);
+    return send_file(c, q, path, name);
 }

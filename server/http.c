@@ -77,14 +77,20 @@ enum MHD_Result http_send_json(struct MHD_Connection *c, Req *q, unsigned status
     return http_send(c, q, status, json_response(body));
 }
 
-enum MHD_Result http_send_created(struct MHD_Connection *c, Req *q, const char *kind,
-                                    int64_t id, json_t *body)
+enum MHD_Result http_send_created_at(struct MHD_Connection *c, Req *q, const char *location,
+                                     json_t *body)
 {
     struct MHD_Response *r = json_response(body);
+    MHD_add_response_header(r, "Location", location);
+    return http_send(c, q, 201, r);
+}
+
+enum MHD_Result http_send_created(struct MHD_Connection *c, Req *q, const char *kind,
+                                  int64_t id, json_t *body)
+{
     char loc[64];
     snprintf(loc, sizeof loc, "/api/%s/%lld", kind, (long long)id);
-    MHD_add_response_header(r, "Location", loc);
-    return http_send(c, q, 201, r);
+    return http_send_created_at(c, q, loc, body);
 }
 
 static const char *status_code_name(unsigned status)
@@ -398,11 +404,11 @@ static enum MHD_Result form_field(void *cls, enum MHD_ValueKind kind, const char
     return MHD_YES;
 }
 
-/* Opens a new upload file in data_dir/datasets/. */
-static int open_upload(Req *q)
+/* Opens a new upload file in dir (data_dir/datasets or the weights folder: where
+ * it is renamed to once checked). */
+static int open_upload(Req *q, const char *dir)
 {
-    snprintf(q->upload_path, sizeof q->upload_path, "%s/datasets/.upload-XXXXXX",
-             q->api->data_dir);
+    snprintf(q->upload_path, sizeof q->upload_path, "%s/.upload-XXXXXX", dir);
     q->fd = mkostemp(q->upload_path, O_CLOEXEC);
     return q->fd < 0 ? -1 : 0;
 }
@@ -476,13 +482,28 @@ static void begin(struct MHD_Connection *c, Req *q)
                                                "multipart form", ctype));
             return;
         }
-        if (open_upload(q)) {
+        char dir[4200];
+        snprintf(dir, sizeof dir, "%s/datasets", a->data_dir);
+        if (open_upload(q, dir)) {
             refuse(q, 500, http_error_response(500, NULL, "cannot create an upload file in "
-                                               "%s/datasets: %s", a->data_dir,
-                                               strerror(errno)));
+                                               "%s: %s", dir, strerror(errno)));
             return;
         }
         q->body_kind = is_form ? BODY_FORM : BODY_FILE;
+        break;
+    case ACCEPT_WEIGHTS:
+        if (ctype[0] && strcmp(ctype, "application/octet-stream")) {
+            refuse(q, 415, http_error_response(415, NULL, "Content-Type '%s': send the file's "
+                                               "bytes as application/octet-stream (curl -T FILE"
+                                               " or --data-binary @FILE)", ctype));
+            return;
+        }
+        if (open_upload(q, a->weights_dir)) {
+            refuse(q, 500, http_error_response(500, NULL, "cannot create an upload file in "
+                                               "%s: %s", a->weights_dir, strerror(errno)));
+            return;
+        }
+        q->body_kind = BODY_FILE;
         break;
     case ACCEPT_IMAGE:
         if (!is_form && !is_image_type(ctype)) {

@@ -50,6 +50,8 @@ typedef enum {
                        form with a 'file' field, to a file in data_dir/datasets */
     ACCEPT_IMAGE,   /* image/png, image/jpeg, application/octet-stream or a multipart
                        form with a 'file' field, in memory */
+    ACCEPT_WEIGHTS, /* the bytes of a weights file (application/octet-stream or no
+                       type), to a temporary file in the weights folder */
 } Accept;
 
 /* Which configured limit bounds the body. */
@@ -102,9 +104,11 @@ struct Req {
 enum MHD_Result http_send(struct MHD_Connection *c, Req *q, unsigned status,
                           struct MHD_Response *r);
 enum MHD_Result http_send_json(struct MHD_Connection *c, Req *q, unsigned status, json_t *body);
-/* 201 Created with body and "Location: /api/KIND/ID". */
+/* 201 Created with body and "Location: /api/KIND/ID" (or the location given). */
 enum MHD_Result http_send_created(struct MHD_Connection *c, Req *q, const char *kind, int64_t id,
                                   json_t *body);
+enum MHD_Result http_send_created_at(struct MHD_Connection *c, Req *q, const char *location,
+                                     json_t *body);
 /* {"error": {"code", "message", "path"}}; path (a JSON path into the request) may be NULL. */
 struct MHD_Response *http_error_response(unsigned status, const char *path, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -144,6 +148,9 @@ enum MHD_Result api_handle_dataset_post(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_dataset_get(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_dataset_delete(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_weights_list(struct MHD_Connection *c, Req *q);
+enum MHD_Result api_handle_weights_put(struct MHD_Connection *c, Req *q);
+enum MHD_Result api_handle_weights_get(struct MHD_Connection *c, Req *q);
+enum MHD_Result api_handle_weights_delete(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_jobs_list(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_job_post(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_job_get(struct MHD_Connection *c, Req *q);

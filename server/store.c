@@ -347,7 +347,9 @@ int store_job_started(Store *s, int64_t id, const Dataset *ds, const char *info_
     json_t *classes = json_array();
     for (int c = 0; c < ds->n_classes; c++)
         json_array_append_new(classes, json_string(ds->classes[c]));
-    sqlite3_stmt *st = prepare(s, "UPDATE jobs SET classes = ?, info = ? WHERE id = ?", err);
+    /* info NULL keeps what the submit-time checks resolved */
+    sqlite3_stmt *st = prepare(s, "UPDATE jobs SET classes = ?, info = coalesce(?, info)"
+                                  " WHERE id = ?", err);
     if (!st) {
         json_decref(classes);
         return -1;
@@ -704,6 +706,27 @@ int store_dataset_user(Store *s, int64_t dataset, int64_t *job, Error *err)
     *job = json_integer_value(json_object_get(row, "id"));
     json_decref(row);
     return 1;
+}
+
+int store_weights_user(Store *s, const char *file, int64_t *job, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, "SELECT id FROM jobs WHERE state IN ('queued', 'running') AND"
+                                  " (json_extract(info, '$.weights_file') = ?1 OR"
+                                  " json_extract(spec, '$.weights') = ?1) ORDER BY id LIMIT 1",
+                               err);
+    if (!st)
+        return -1;
+    sqlite3_bind_text(st, 1, file, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(st), found = 0;
+    if (rc == SQLITE_ROW) {
+        *job = sqlite3_column_int64(st, 0);
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        db_error(s, err, "weights lookup");
+        found = -1;
+    }
+    sqlite3_finalize(st);
+    return found;
 }
 
 json_t *store_epochs_list(Store *s, int64_t job, Error *err)

@@ -64,7 +64,7 @@ int store_job_insert(Store *s, const char *name, const char *spec_json, const ch
 int store_job_set_state(Store *s, int64_t id, const char *state, const char *error, Error *err);
 
 /* The class names (label order) and the job's set-up description (JSON object
- * text, may be NULL), recorded when training starts. */
+ * text; NULL keeps the one stored at submit), recorded when training starts. */
 int store_job_started(Store *s, int64_t id, const Dataset *ds, const char *info_json,
                       Error *err);
 
@@ -116,6 +116,10 @@ json_t *store_datasets_list(Store *s, Error *err);
 /* A queued or running job that names the dataset (by name or id): 1 with
  * *job, 0 none, -1 error. */
 int store_dataset_user(Store *s, int64_t dataset, int64_t *job, Error *err);
+
+/* A queued or running job that starts from the weights folder's file (as its
+ * resolved weights_file, or its spec's weights): 1 with *job, 0 none, -1 error. */
+int store_weights_user(Store *s, const char *file, int64_t *job, Error *err);
 
 /* The job's epochs as GET /api/jobs/ID/metrics shows them, by epoch; one of
  * them (the "epoch" event), NULL with *missing = 1 when not written. */

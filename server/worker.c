@@ -19,6 +19,7 @@
 #include "log.h"
 #include "store.h"
 #include "train.h"
+#include "wref.h"
 
 struct Worker {
     WorkerConfig cfg;
@@ -180,8 +181,8 @@ static void on_done(void *ctx, const struct Resnet *m, const Dataset *ds, const 
         snprintf(r->export_error, sizeof r->export_error, "export failed: %s", err.msg);
 }
 
-/* Resolves the spec's dataset (a registered name or id) and weights (a file name
- * in weights_dir, or random) to paths. */
+/* Resolves the spec's dataset (a registered name or id) and weights (wref.h) to
+ * paths. */
 static int resolve(Worker *w, JobSpec *spec, Error *err)
 {
     int missing;
@@ -194,13 +195,12 @@ static int resolve(Worker *w, JobSpec *spec, Error *err)
     snprintf(spec->dataset, sizeof spec->dataset, "%s",
              json_string_value(json_object_get(row, "path")));
     json_decref(row);
-    if (strcmp(spec->weights, "random")) {
-        char path[sizeof spec->weights];
-        if (snprintf(path, sizeof path, "%s/%s", w->weights_dir, spec->weights) >=
-            (int)sizeof path)
-            return error_set(err, "weights path too long");
-        snprintf(spec->weights, sizeof spec->weights, "%s", path);
-    }
+    Wref ref;
+    if (wref_resolve(spec->weights, w->weights_dir, w->data_dir, &ref, err))
+        return error_wrap(err, "weights");
+    if (ref.kind != WREF_RANDOM &&
+        snprintf(spec->weights, sizeof spec->weights, "%s", ref.path) >= (int)sizeof spec->weights)
+        return error_set(err, "weights: the path %s is too long", ref.path);
     return 0;
 }
 

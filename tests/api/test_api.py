@@ -1198,6 +1198,8 @@ class CompletedJobs(ApiCase):
         self.assertEqual(j["classes"], CLASSES)
         self.assertIs(j["cancel_requested"], False)
         self.assertEqual(j["spec"], self.spec1)
+        # what the submit resolved survives the start and the end of the job
+        self.assertEqual(j["resolved"], self.submit1.json()["resolved"])
         epochs = self.metrics()["epochs"]
         best = min(epochs, key=lambda e: (e["val_loss"], e["epoch"]))
         self.assertEqual(j["best"]["epoch"], best["epoch"])
