@@ -14,7 +14,7 @@ RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       build-essential pkg-config libopenblas-openmp-dev libjansson-dev \
       libmicrohttpd-dev libpng-dev libjpeg62-turbo-dev libsqlite3-dev libarchive-dev \
-      libcurl4-openssl-dev libssl-dev \
+      libcurl4-openssl-dev libssl-dev libhdf5-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Makefile ./
@@ -24,13 +24,15 @@ RUN make -j"$(nproc)" build/resnetd
 
 FROM debian:bookworm-slim
 # the runtime packages of the -dev ones above (libcurl4 and libssl3 for named
-# weights' downloads and hashes; libopenblas0-openmp puts
+# weights' downloads and hashes; libhdf5-103-1 for Keras .h5 weights, libhdf5-dev's
+# library on bookworm; libopenblas0-openmp puts
 # libopenblas.so.0 in /usr/lib/x86_64-linux-gnu/openblas-openmp, the binary's
 # rpath), and curl for the HEALTHCHECK
 RUN apt-get update \
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       libopenblas0-openmp libgomp1 libjansson4 libmicrohttpd12 libpng16-16 \
-      libjpeg62-turbo zlib1g libsqlite3-0 libarchive13 libcurl4 libssl3 curl \
+      libjpeg62-turbo zlib1g libsqlite3-0 libarchive13 libcurl4 libssl3 libhdf5-103-1 \
+      curl \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 resnetd \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/resnetd --no-create-home \

@@ -4,8 +4,8 @@ BLAS_DIR := /usr/lib/x86_64-linux-gnu/openblas-openmp
 BLAS_INC := /usr/include/x86_64-linux-gnu/openblas-openmp
 WARN     := -Wall -Wextra -Werror
 CFLAGS   ?= -O2 -g
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -fvect-cost-model=dynamic -fopenmp -I$(BLAS_INC) -Icore -Iserver -MMD -MP
-LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ljansson -lpng -ljpeg -lz -lpthread -lm -fopenmp
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) $(CFLAGS) -fvect-cost-model=dynamic -fopenmp -I$(BLAS_INC) -Icore -Iserver $(shell pkg-config --cflags hdf5) -MMD -MP
+LDLIBS   := -L$(BLAS_DIR) -Wl,-rpath,$(BLAS_DIR) -lopenblas -ljansson -lpng -ljpeg -lz $(shell pkg-config --libs hdf5) -lpthread -lm -fopenmp
 SERVER_LIBS := -lsqlite3 -lmicrohttpd -larchive -lcurl -lcrypto
 BUILD    ?= build
 
