@@ -1,6 +1,7 @@
 /*
- * weights.c: mapping between Resnet parameters and safetensors files in the
- * torchvision and Keras naming schemes and layouts (see weights.h).
+ * weights.c: mapping between Resnet parameters and weight files (safetensors, and
+ * Keras HDF5 through h5weights.c) in the torchvision and Keras naming schemes and
+ * layouts (see weights.h).
  */
 #include "weights.h"
 
@@ -8,7 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "h5weights.h"
 #include "safetensors.h"
 
 const char *weights_naming_name(WeightsNaming n)
@@ -96,35 +99,98 @@ static void normalize_name(const char *in, char *out, size_t len)
     }
 }
 
+/* One tensor of a file, whatever its format: views into the reader's table. */
+typedef struct {
+    const char *name;     /* as in the file */
+    int ndim;
+    const int64_t *shape;
+} FileTensor;
+
+/* A weights file opened by the reader of its format: a safetensors file (st), or
+ * a Keras HDF5 file (h5 not NULL). */
 typedef struct {
     SafeTensors st;
+    H5Weights *h5;
     int n;
-    char (*names)[128]; /* normalized names, parallel to st.tensors */
+    FileTensor *tensors;
+    char (*names)[128]; /* normalized names, parallel to tensors */
     unsigned char *used;
 } FileIndex;
 
 static void index_free(FileIndex *fi)
 {
     safetensors_close(&fi->st);
+    h5weights_close(fi->h5);
+    free(fi->tensors);
     free(fi->names);
     free(fi->used);
     memset(fi, 0, sizeof *fi);
 }
 
+static int has_suffix(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+int weights_file_listable(const char *name)
+{
+    return name[0] != '.' && (has_suffix(name, ".safetensors") || has_suffix(name, ".h5") ||
+                              has_suffix(name, ".hdf5"));
+}
+
+/* Opens path with the reader its first bytes call for (the HDF5 signature, else
+ * safetensors). */
 static int index_open(FileIndex *fi, const char *path, Error *err)
 {
     memset(fi, 0, sizeof *fi);
-    if (safetensors_open(&fi->st, path, err))
+    if (h5weights_is_hdf5(path)) {
+        if (h5weights_open(&fi->h5, path, err))
+            return -1;
+        fi->n = h5weights_count(fi->h5);
+    } else if (safetensors_open(&fi->st, path, err)) {
+        /* a damaged .h5 would get a safetensors reason it has nothing to do with */
+        if ((has_suffix(path, ".h5") || has_suffix(path, ".hdf5")) && access(path, R_OK) == 0)
+            error_set(err, "%s: cannot open as HDF5: no HDF5 signature at byte 0, 512, "
+                      "1024, ... (and not a safetensors file either)", path);
         return -1;
-    fi->n = fi->st.n_tensors;
+    } else {
+        fi->n = fi->st.n_tensors;
+    }
+    fi->tensors = calloc((size_t)fi->n + 1, sizeof *fi->tensors);
     fi->names = calloc((size_t)fi->n + 1, sizeof *fi->names);
     fi->used = calloc((size_t)fi->n + 1, 1);
-    if (!fi->names || !fi->used) {
+    if (!fi->tensors || !fi->names || !fi->used) {
         index_free(fi);
         return error_set(err, "%s: out of memory", path);
     }
-    for (int i = 0; i < fi->n; i++)
-        normalize_name(fi->st.tensors[i].name, fi->names[i], sizeof fi->names[i]);
+    for (int i = 0; i < fi->n; i++) {
+        FileTensor *t = &fi->tensors[i];
+        if (fi->h5) {
+            const H5Tensor *h = h5weights_tensor(fi->h5, i);
+            *t = (FileTensor){h->name, h->ndim, h->shape};
+        } else {
+            const StTensor *s = &fi->st.tensors[i];
+            *t = (FileTensor){s->name, s->ndim, s->shape};
+        }
+        normalize_name(t->name, fi->names[i], sizeof fi->names[i]);
+    }
+    return 0;
+}
+
+/* Metadata value of key, or NULL (an HDF5 file carries none). */
+static const char *index_meta(const FileIndex *fi, const char *key)
+{
+    return fi->h5 ? NULL : safetensors_meta(&fi->st, key);
+}
+
+/* Tensor i as float into out (its element count of floats). */
+static int index_read_f32(FileIndex *fi, int i, float *out, const char *path, Error *err)
+{
+    if (fi->h5)
+        return h5weights_read_f32(fi->h5, i, out, err);
+    if (safetensors_read_f32(&fi->st, &fi->st.tensors[i], out, err))
+        return error_wrap(err, "%s", path);
     return 0;
 }
 
@@ -152,7 +218,7 @@ static void shape_str(char *out, size_t len, const int64_t *shape, int ndim)
 /* The output size of a head dense kernel t (torch (out, in), Keras (in, out)) whose
  * input size must be `in`; a kernel of any other shape is not a head this graph can
  * have, and a class count read from it would be wrong. */
-static int dense_dims(const StTensor *t, int keras, int64_t in, int *out, const char *path,
+static int dense_dims(const FileTensor *t, int keras, int64_t in, int *out, const char *path,
                       Error *err)
 {
     int64_t o = t->ndim == 2 ? t->shape[keras ? 1 : 0] : 0;
@@ -171,6 +237,7 @@ static int detect(const FileIndex *fi, const char *path, WeightsInfo *info, Erro
 {
     memset(info, 0, sizeof *info);
     info->n_tensors = fi->n;
+    info->hdf5 = fi->h5 != NULL;
     if (index_find(fi, "conv1.weight") >= 0) {
         info->naming = NAMING_TORCH;
         info->variant = RESNET_TORCHVISION;
@@ -181,14 +248,14 @@ static int detect(const FileIndex *fi, const char *path, WeightsInfo *info, Erro
         return error_set(err, "%s: not ResNet50 weights: neither 'conv1.weight' (torchvision) "
                          "nor 'conv1_conv.kernel' (Keras) is in the file", path);
     }
-    const char *v = safetensors_meta(&fi->st, "variant");
+    const char *v = index_meta(fi, "variant");
     if (v && strcmp(v, resnet_variant_name(info->variant)))
         return error_set(err, "%s: metadata says variant '%s' but the tensor names are %s-style",
                          path, v, weights_naming_name(info->naming));
-    const char *pp = safetensors_meta(&fi->st, "preprocess");
+    const char *pp = index_meta(fi, "preprocess");
     snprintf(info->preprocess, sizeof info->preprocess, "%s",
              pp ? pp : (info->variant == RESNET_KERAS ? "caffe" : "torch"));
-    const char *classes = safetensors_meta(&fi->st, "classes");
+    const char *classes = index_meta(fi, "classes");
     if (classes && !(info->classes = strdup(classes)))
         return error_set(err, "%s: out of memory", path);
 
@@ -199,11 +266,11 @@ static int detect(const FileIndex *fi, const char *path, WeightsInfo *info, Erro
     if (fc >= 0) {
         int64_t in = BACKBONE_FEATURES;
         if (hid >= 0) {
-            if (dense_dims(&fi->st.tensors[hid], keras, in, &info->head_hidden, path, err))
+            if (dense_dims(&fi->tensors[hid], keras, in, &info->head_hidden, path, err))
                 return -1;
             in = info->head_hidden;
         }
-        if (dense_dims(&fi->st.tensors[fc], keras, in, &info->head_classes, path, err))
+        if (dense_dims(&fi->tensors[fc], keras, in, &info->head_classes, path, err))
             return -1;
         info->has_head = 1;
     }
@@ -305,7 +372,7 @@ int weights_load(Resnet *m, const char *path, int load_head, Error *err)
             goto fail;
         }
         fi.used[ti] = 1;
-        const StTensor *t = &fi.st.tensors[ti];
+        const FileTensor *t = &fi.tensors[ti];
         int64_t want[4];
         int nd = file_shape(p, l, info.naming, want);
         int same = t->ndim == nd;
@@ -319,10 +386,8 @@ int weights_load(Resnet *m, const char *path, int load_head, Error *err)
                       want_s);
             goto fail;
         }
-        if (safetensors_read_f32(&fi.st, t, tmp, err)) {
-            error_wrap(err, "%s", path);
+        if (index_read_f32(&fi, ti, tmp, path, err))
             goto fail;
-        }
         convert_layout(staged + p->offset, tmp, p, l, info.naming, 0);
     }
     for (int i = 0; i < fi.n; i++) {
@@ -334,7 +399,7 @@ int weights_load(Resnet *m, const char *path, int load_head, Error *err)
         if (head_name && !load_head)
             continue;
         error_set(err, "%s: unexpected tensor '%s' (not part of a %s ResNet50%s)", path,
-                  fi.st.tensors[i].name, resnet_variant_name(info.variant),
+                  fi.tensors[i].name, resnet_variant_name(info.variant),
                   load_head ? " with this head" : "");
         goto fail;
     }

@@ -1,5 +1,14 @@
 /*
- * weights.h: loading and saving a Resnet's parameters as safetensors.
+ * weights.h: loading and saving a Resnet's parameters as safetensors, and loading
+ * them from Keras 2 HDF5 files.
+ *
+ * Reading detects the format from the file's first bytes, not its name: the HDF5
+ * signature (at byte 0, or 512, 1024, ... after a user block) goes to h5weights.h,
+ * which reads, names and checks a Keras .h5 exactly as tools/h5_to_safetensors.py
+ * does; anything else is read as safetensors. Either way the tensors are named and
+ * checked as below, and a Keras .h5 gives the same WeightsInfo and parameters as
+ * the file the converter makes of it (its default preprocessing "caffe", as it
+ * carries no metadata). Writing is safetensors only.
  *
  * Two naming schemes are read, detected from the tensor names:
  *   torch: torchvision/timm state-dict names ("conv1.weight", "layer1.0.bn1.running_mean",
@@ -31,13 +40,15 @@ typedef struct {
     int n_tensors;          /* entries in the file (including ignored ones) */
     size_t n_params;        /* parameters (weights and biases) in the file's model */
     char *classes;          /* metadata "classes" (a JSON array), owned; NULL if absent */
+    int hdf5;               /* read from a Keras HDF5 file (h5weights.h), not safetensors */
 } WeightsInfo;
 
 /* Frees what weights_probe allocated in info (accepts a zeroed struct). */
 void weights_info_free(WeightsInfo *info);
 
-/* Reads the header of path and describes it; release with weights_info_free. On
- * failure info holds nothing to free. */
+/* Reads the header of path (safetensors or Keras .h5) and describes it; release
+ * with weights_info_free. On failure info holds nothing to free. Any thread may
+ * call it, also while another loads (h5weights.h serialises libhdf5). */
 int weights_probe(const char *path, WeightsInfo *info, Error *err);
 
 /* Loads every backbone tensor of path into m (whose variant must match the
@@ -60,5 +71,10 @@ int weights_save(const Resnet *m, const char *path, WeightsNaming naming, Weight
 void weights_file_name(const Resnet *m, int param, WeightsNaming naming, char *out, size_t len);
 
 const char *weights_naming_name(WeightsNaming n);
+
+/* 1 when a folder entry called name is a weights file to list (GET /api/weights):
+ * not hidden, and ending in ".safetensors", ".h5" or ".hdf5". Listing goes by name
+ * so that it need not open every file; weights_probe then reads each by content. */
+int weights_file_listable(const char *name);
 
 #endif

@@ -39,7 +39,9 @@ static int usage(FILE *out)
             "        [--insecure] [--print-config]\n"
             "                           run the daemon (docs/api.md, docs/configuration.md)\n"
             "  version                  print the version and the BLAS kernel in use\n"
-            "  inspect FILE.safetensors print variant, tensor count, parameter count, metadata\n"
+            "  inspect FILE.safetensors|FILE.h5\n"
+            "                           print variant, tensor count, parameter count, metadata\n"
+            "                           (a Keras .h5 is read and checked as the converter does)\n"
             "  train SPEC.json [--db FILE] [--export OUT.safetensors]\n"
             "                [--checkpoint FILE [--resume] [--checkpoint-interval S]]\n"
             "                [--no-cache] [--cache-dir DIR] [--blas-kernel env|auto]\n"
@@ -136,7 +138,7 @@ static int cmd_version(void)
 static int cmd_inspect(int argc, char **argv)
 {
     if (argc != 1) {
-        fprintf(stderr, "usage: resnetd inspect FILE.safetensors\n");
+        fprintf(stderr, "usage: resnetd inspect FILE.safetensors|FILE.h5\n");
         return 2;
     }
     Error err;

@@ -14,6 +14,12 @@
  *   message naming the problem and leaves the model's parameters bit-identical.
  * - Accepted variations: Keras h5-style names, I64 num_batches_tracked entries, F16
  *   and BF16 data (written here byte by byte, independently of core/safetensors.c).
+ * - Keras 2 HDF5 files (written here with libhdf5's C API as save_weights lays them
+ *   out): probed and loaded bit-exactly like safetensors, found by their signature
+ *   whatever their name; a tensor whose data cannot be read fails the load naming it
+ *   and leaves the model untouched; threads probing while another loads all succeed
+ *   (core/h5weights.c serialises libhdf5). tests/tools/test_h5_native.py compares the
+ *   reader with tools/h5_to_safetensors.py on files that h5py writes.
  *
  * Every model is filled with seeded random values in every tensor (BN statistics and
  * biases included) so that a swapped, transposed or skipped tensor changes the result.
@@ -21,6 +27,8 @@
 #include "testutil.h"
 
 #include <dirent.h>
+#include <hdf5.h>
+#include <pthread.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -303,6 +311,7 @@ static float bf16_to_f32(uint16_t b) { return bits_f32((uint32_t)b << 16); }
 typedef struct {
     Resnet *tv, *keras;     /* the models the files were written from */
     char tv_path[4096], keras_path[4096];
+    char keras_h5_path[4096]; /* keras as a Keras 2 HDF5 file, once a test asks (keras_h5) */
 } Fixture;
 
 static int group_setup(void **state)
@@ -1216,6 +1225,226 @@ static void test_half_codecs(void **state)
     assert_true(bf16_to_f32(0xc049) == -3.140625f);
 }
 
+/* ---- Keras 2 HDF5 files -------------------------------------------------------- */
+
+/* A list of strings as a fixed-length, null-padded string attribute (as h5py
+ * stores Keras's numpy arrays of byte strings). */
+static void h5_write_names(hid_t loc, const char *attr, char (*names)[96], int n)
+{
+    size_t width = 1;
+    for (int i = 0; i < n; i++)
+        if (strlen(names[i]) > width)
+            width = strlen(names[i]);
+    char *buf = calloc((size_t)n + 1, width);
+    assert_non_null(buf);
+    for (int i = 0; i < n; i++)
+        memcpy(buf + (size_t)i * width, names[i], strlen(names[i]));
+    hid_t t = H5Tcopy(H5T_C_S1);
+    assert_true(t >= 0 && H5Tset_size(t, width) >= 0 && H5Tset_strpad(t, H5T_STR_NULLPAD) >= 0);
+    hsize_t dim = (hsize_t)n;
+    hid_t sp = H5Screate_simple(1, &dim, NULL);
+    hid_t a = H5Acreate2(loc, attr, t, sp, H5P_DEFAULT, H5P_DEFAULT);
+    assert_true(sp >= 0 && a >= 0 && H5Awrite(a, t, buf) >= 0);
+    H5Aclose(a);
+    H5Sclose(sp);
+    H5Tclose(t);
+    free(buf);
+}
+
+/* Writes m (Keras variant) as Keras 2's save_weights does: root attribute
+ * layer_names, a group per layer with weight_names "LAYER/kernel:0", ... and the
+ * datasets at those paths. Parameter `external` (or -1) gets no data in the file:
+ * its dataset's storage is the file external_path, which the caller leaves absent. */
+static void write_keras_h5(const Resnet *m, const char *path, int external,
+                           const char *external_path)
+{
+    hid_t f = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t lcpl = H5Pcreate(H5P_LINK_CREATE);
+    assert_true(f >= 0 && lcpl >= 0 && H5Pset_create_intermediate_group(lcpl, 1) >= 0);
+    char (*layers)[96] = calloc((size_t)m->n_layers, sizeof *layers);
+    assert_non_null(layers);
+    for (int li = 0; li < m->n_layers; li++) {
+        const Layer *l = &m->layers[li];
+        snprintf(layers[li], sizeof layers[li], "%s", l->keras_name);
+        hid_t g = H5Gcreate2(f, l->keras_name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        assert_true(g >= 0);
+        char wnames[4][96];
+        int nw = 0;
+        for (int pi = 0; pi < m->n_params; pi++) {
+            const ParamInfo *p = &m->params[pi];
+            if (p->layer != li)
+                continue;
+            char full[128];
+            weights_file_name(m, pi, NAMING_KERAS, full, sizeof full);
+            snprintf(wnames[nw], sizeof wnames[nw], "%s/%s:0", l->keras_name,
+                     strchr(full, '.') + 1);
+            hsize_t dims[4];
+            for (int d = 0; d < p->ndim; d++)
+                dims[d] = (hsize_t)p->shape[d];
+            hid_t sp = H5Screate_simple(p->ndim, dims, NULL);
+            hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+            assert_true(sp >= 0 && dcpl >= 0);
+            if (pi == external)
+                assert_true(H5Pset_external(dcpl, external_path, 0,
+                                            (hsize_t)(p->numel * sizeof(float))) >= 0);
+            hid_t d = H5Dcreate2(g, wnames[nw], H5T_IEEE_F32LE, sp, lcpl, dcpl, H5P_DEFAULT);
+            assert_true(d >= 0);
+            if (pi != external)
+                assert_true(H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT,
+                                     m->param_data + p->offset) >= 0);
+            H5Dclose(d);
+            H5Pclose(dcpl);
+            H5Sclose(sp);
+            nw++;
+        }
+        h5_write_names(g, "weight_names", wnames, nw);
+        H5Gclose(g);
+    }
+    h5_write_names(f, "layer_names", layers, m->n_layers);
+    free(layers);
+    H5Pclose(lcpl);
+    assert_true(H5Fclose(f) >= 0);
+}
+
+/* The fixture's Keras model as an HDF5 file, written on first use. Named without
+ * .h5: the reader goes by the signature. */
+static const char *keras_h5(Fixture *fx)
+{
+    if (!fx->keras_h5_path[0]) {
+        snprintf(fx->keras_h5_path, sizeof fx->keras_h5_path, "%s",
+                 testutil_tmp_path("keras_h5.weights"));
+        write_keras_h5(fx->keras, fx->keras_h5_path, -1, NULL);
+    }
+    return fx->keras_h5_path;
+}
+
+static void test_keras_hdf5(void **state)
+{
+    Fixture *fx = *state;
+    Error err;
+    const char *path = keras_h5(fx);
+    WeightsInfo info;
+    if (weights_probe(path, &info, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(info.variant, RESNET_KERAS);
+    assert_int_equal(info.naming, NAMING_KERAS);
+    assert_string_equal(info.preprocess, "caffe");
+    assert_int_equal(info.n_tensors, 320);
+    assert_int_equal(info.n_params, KERAS_PARAMS);
+    assert_true(info.has_head && info.head_classes == 1000 && info.head_hidden == 0);
+    assert_null(info.classes);
+    assert_true(info.hdf5);
+    weights_info_free(&info);
+    if (weights_probe(fx->keras_path, &info, &err))
+        fail_msg("%s", err.msg);
+    assert_false(info.hdf5);
+    weights_info_free(&info);
+    Resnet *m = fresh_like(fx->keras);
+    if (weights_load(m, path, 1, &err))
+        fail_msg("%s", err.msg);
+    assert_params_same(m, fx->keras, ALL, "Keras HDF5");
+    for (int li = 0; li < m->n_layers; li++)
+        assert_true(m->layers[li].loaded);
+    /* a torchvision model cannot take Keras weights */
+    Resnet *tv = fresh_like(fx->tv);
+    EXPECT_LOAD_ERROR(tv, path, 1, path, "keras-variant weights", "the model is torchvision");
+    resnet_free(tv);
+    resnet_free(m);
+}
+
+static void test_keras_hdf5_unreadable_tensor(void **state)
+{
+    Fixture *fx = *state;
+    /* the last BN's gamma: everything before it is read (and staged) first */
+    int pi = resnet_find_param(fx->keras, "layer4.2.bn3.weight");
+    assert_true(pi >= 0);
+    char gone[4096], path[4096];
+    snprintf(gone, sizeof gone, "%s", testutil_tmp_path("absent-external.bin"));
+    unlink(gone);
+    snprintf(path, sizeof path, "%s", testutil_tmp_path("external.h5"));
+    write_keras_h5(fx->keras, path, pi, gone);
+    Error err;
+    WeightsInfo info;
+    if (weights_probe(path, &info, &err)) /* the metadata is fine */
+        fail_msg("%s", err.msg);
+    weights_info_free(&info);
+    Resnet *m = fresh_like(fx->keras);
+    EXPECT_LOAD_ERROR(m, path, 1, path, "cannot read 'conv5_block3_3_bn/conv5_block3_3_bn/gamma:0'");
+    resnet_free(m);
+}
+
+static void test_hdf5_truncated_and_listing(void **state)
+{
+    Fixture *fx = *state;
+    size_t len;
+    unsigned char *buf = read_all(keras_h5(fx), &len);
+    char path[4096];
+    snprintf(path, sizeof path, "%s", testutil_tmp_path("truncated.h5"));
+    testutil_write_file(path, buf, len / 2);
+    Resnet *m = fresh_like(fx->keras);
+    EXPECT_LOAD_ERROR(m, path, 1, path, "cannot open as HDF5", "truncated file");
+    testutil_write_file(path, buf, 7);
+    EXPECT_LOAD_ERROR(m, path, 1, path, "no HDF5 signature");
+    free(buf);
+    resnet_free(m);
+    assert_true(weights_file_listable("resnet50.safetensors"));
+    assert_true(weights_file_listable("resnet50_weights_tf_dim_ordering_tf_kernels.h5"));
+    assert_true(weights_file_listable("model.hdf5"));
+    assert_false(weights_file_listable(".hidden.h5"));
+    assert_false(weights_file_listable("x.h5.tmp.ab12"));
+    assert_false(weights_file_listable("notes.txt"));
+    assert_false(weights_file_listable("h5"));
+}
+
+typedef struct {
+    const char *path;
+    int ok;
+    char msg[ERROR_MSG_MAX];
+} ProbeRun;
+
+static void *probe_repeatedly(void *arg)
+{
+    ProbeRun *r = arg;
+    for (int i = 0; i < 4; i++) {
+        WeightsInfo info;
+        Error err;
+        if (weights_probe(r->path, &info, &err)) {
+            snprintf(r->msg, sizeof r->msg, "%s", err.msg);
+            continue;
+        }
+        r->ok += info.n_tensors == 320 && info.head_classes == 1000;
+        weights_info_free(&info);
+    }
+    return NULL;
+}
+
+static void test_hdf5_probe_while_loading(void **state)
+{
+    Fixture *fx = *state;
+    const char *path = keras_h5(fx);
+    enum { THREADS = 4 };
+    pthread_t th[THREADS];
+    ProbeRun runs[THREADS];
+    memset(runs, 0, sizeof runs);
+    for (int i = 0; i < THREADS; i++) {
+        runs[i].path = path;
+        assert_int_equal(pthread_create(&th[i], NULL, probe_repeatedly, &runs[i]), 0);
+    }
+    Resnet *m = fresh_like(fx->keras);
+    Error err;
+    for (int k = 0; k < 2; k++)
+        if (weights_load(m, path, 1, &err))
+            fail_msg("load %d: %s", k, err.msg);
+    for (int i = 0; i < THREADS; i++) {
+        pthread_join(th[i], NULL);
+        if (runs[i].ok != 4)
+            fail_msg("thread %d: %d of 4 probes right; last error: %s", i, runs[i].ok,
+                     runs[i].msg);
+    }
+    assert_params_same(m, fx->keras, ALL, "Keras HDF5 loaded beside probes");
+    resnet_free(m);
+}
+
 int main(int argc, char **argv)
 {
     testutil_init(argc, argv);
@@ -1249,6 +1478,10 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_num_batches_tracked_i64),
         cmocka_unit_test(test_f16),
         cmocka_unit_test(test_bf16_with_counters),
+        cmocka_unit_test(test_keras_hdf5),
+        cmocka_unit_test(test_keras_hdf5_unreadable_tensor),
+        cmocka_unit_test(test_hdf5_truncated_and_listing),
+        cmocka_unit_test(test_hdf5_probe_while_loading),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
