@@ -81,8 +81,27 @@ static int memory_estimate(const JobSpec *s, Resnet *m, double *bytes, Error *er
     return 0;
 }
 
-int jobcheck_run(const JobSpec *s, const char *weights_path, const char *const *classes,
-                 int n_classes, JobResolved *out, char *path, size_t path_len, Error *err)
+int jobcheck_variant(const JobSpec *s, const ResnetVariant *weights, ResnetVariant *out,
+                     Error *err)
+{
+    const int keras = !strcmp(s->variant, "keras");
+    if (!weights) {
+        *out = keras ? RESNET_KERAS : RESNET_TORCHVISION;
+        return 0;
+    }
+    *out = *weights;
+    if (s->variant[0] && keras != (*weights == RESNET_KERAS))
+        return error_set(err, "variant: the job says \"%s\" but the weights are a %s ResNet50",
+                         s->variant, resnet_variant_name(*weights));
+    return 0;
+}
+
+/* jobcheck_run and jobcheck_run_declared: the weights file at weights_path, or
+ * (weights_path NULL) what decl says a file will hold, or (both NULL) random
+ * weights. */
+static int check(const JobSpec *s, const char *weights_path, const JobDeclared *decl,
+                 const char *const *classes, int n_classes, JobResolved *out, char *path,
+                 size_t path_len, Error *err)
 {
     memset(out, 0, sizeof *out);
     if (path && path_len)
@@ -95,12 +114,17 @@ int jobcheck_run(const JobSpec *s, const char *weights_path, const char *const *
         fail_at(path, path_len, "weights");
         goto done;
     }
-    out->variant = weights_path ? info.variant : RESNET_TORCHVISION;
+    const ResnetVariant *have = weights_path ? &info.variant : decl ? &decl->variant : NULL;
+    if (jobcheck_variant(s, have, &out->variant, err)) {
+        fail_at(path, path_len, "variant");
+        goto done;
+    }
 
     Normalization norm;
     memset(&norm, 0, sizeof norm);
-    if (jobcheck_preprocess(s, weights_path ? info.preprocess : NULL, &norm, &out->overridden,
-                            &out->preprocess_from, err)) {
+    const char *declared = weights_path ? info.preprocess : decl ? decl->preprocess : NULL;
+    if (jobcheck_preprocess(s, declared, &norm, &out->overridden, &out->preprocess_from,
+                            err)) {
         error_wrap(err, "preprocess");
         fail_at(path, path_len, "preprocess");
         goto done;
@@ -160,4 +184,17 @@ done:
     resnet_free(m);
     weights_info_free(&info);
     return rc;
+}
+
+int jobcheck_run(const JobSpec *s, const char *weights_path, const char *const *classes,
+                 int n_classes, JobResolved *out, char *path, size_t path_len, Error *err)
+{
+    return check(s, weights_path, NULL, classes, n_classes, out, path, path_len, err);
+}
+
+int jobcheck_run_declared(const JobSpec *s, const JobDeclared *decl, const char *const *classes,
+                          int n_classes, JobResolved *out, char *path, size_t path_len,
+                          Error *err)
+{
+    return check(s, NULL, decl, classes, n_classes, out, path, path_len, err);
 }

@@ -5,6 +5,7 @@
  * field at fault instead.
  *
  * jobcheck_run, after jobspec_parse accepted the spec's syntax:
+ *   variant       the job's "variant" agrees with the weights'
  *   weights       the file exists, its header is a valid safetensors file, and
  *                 every backbone tensor has the name and shape of a ResNet50
  *                 variant (the data are read and checked as a job would)
@@ -55,6 +56,25 @@ int jobcheck_preprocess(const JobSpec *s, const char *declared, Normalization *n
  * selector checks. */
 int jobcheck_run(const JobSpec *s, const char *weights_path, const char *const *classes,
                  int n_classes, JobResolved *out, char *path, size_t path_len, Error *err);
+
+/* What a weights file that is not on disk yet (a named download) declares: the
+ * manifest's word for it. */
+typedef struct {
+    ResnetVariant variant;
+    char preprocess[16];
+} JobDeclared;
+
+/* jobcheck_run for weights known by what they declare: the variant and the
+ * preprocessing are checked against decl, the rest as for random weights. */
+int jobcheck_run_declared(const JobSpec *s, const JobDeclared *decl, const char *const *classes,
+                          int n_classes, JobResolved *out, char *path, size_t path_len,
+                          Error *err);
+
+/* The architecture a job builds into *out: the weights' (weights non-NULL),
+ * which s->variant must not contradict ("variant: ..." error), or for random
+ * weights s->variant's (torchvision when unset). */
+int jobcheck_variant(const JobSpec *s, const ResnetVariant *weights, ResnetVariant *out,
+                     Error *err);
 
 /* Bytes of memory this process may use: physical memory, or the cgroup (v2 or
  * v1) limit when lower. */

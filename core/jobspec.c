@@ -379,10 +379,11 @@ static int parse_preprocess(Ctx *c, json_t *root, JobSpec *s)
 static int parse_root(Ctx *c, json_t *root, JobSpec *s)
 {
     static const char *const keys[] = {
-        "name", "dataset", "weights", "input_size", "batch_size", "seed", "preprocess",
+        "name", "dataset", "weights", "variant", "input_size", "batch_size", "seed", "preprocess",
         "preprocess_override", "resize", "augment", "head", "class_weight", "label_smoothing",
         "val_fraction", "phases", "early_stopping", "preflight", NULL};
     static const char *const resize[] = {"squash", "crop", NULL};
+    static const char *const variants[] = {"torchvision", "keras", NULL};
     if (!json_is_object(root))
         return fail(c, "", "the job must be a JSON object");
     if (check_keys(c, root, "", keys)) return -1;
@@ -390,6 +391,7 @@ static int parse_root(Ctx *c, json_t *root, JobSpec *s)
     if (get_str(c, root, "", "name", 0, NULL, s->name, sizeof s->name)) return -1;
     if (get_str(c, root, "", "dataset", 1, NULL, s->dataset, sizeof s->dataset)) return -1;
     if (get_str(c, root, "", "weights", 1, NULL, s->weights, sizeof s->weights)) return -1;
+    if (get_str(c, root, "", "variant", 0, variants, s->variant, sizeof s->variant)) return -1;
     long long n = 224;
     if (get_int(c, root, "", "input_size", 32, PREPROCESS_MAX_SIZE, 0, &n)) return -1;
     s->input_size = (int)n;

@@ -51,6 +51,10 @@ typedef struct {
     char name[128];
     char dataset[1024];         /* a registered dataset id, or a folder path (resnetd train) */
     char weights[1024];         /* a weights file, or "random" */
+    char variant[16];           /* "" (default: the weights', torchvision for random
+                                 * ones), "torchvision" or "keras": the architecture
+                                 * for random weights and "imagenet"; must agree with
+                                 * a weights file's */
     int input_size;             /* default 224 */
     int batch_size;             /* default 32 */
     uint64_t seed;              /* default 0 */

@@ -139,8 +139,11 @@ static int build_model(const JobSpec *s, int n_classes, Resnet **out, Normalizat
     int random = !strcmp(s->weights, "random");
     if (!random && weights_probe(s->weights, &info, err))
         return -1;
-    ResnetConfig cfg = {random ? RESNET_TORCHVISION : info.variant, n_classes, s->head_hidden,
-                        s->head_dropout};
+    ResnetConfig cfg = {RESNET_TORCHVISION, n_classes, s->head_hidden, s->head_dropout};
+    if (jobcheck_variant(s, random ? NULL : &info.variant, &cfg.variant, err)) {
+        weights_info_free(&info);
+        return -1;
+    }
     int overridden = 0;
     const char *from;
     if (jobcheck_preprocess(s, random ? NULL : info.preprocess, norm, &overridden, &from, err)) {

@@ -23,6 +23,7 @@ const Route api_routes[] = {
     {"GET", "/api/datasets/{name}", api_handle_dataset_get, ACCEPT_NONE, LIMIT_BODY},
     {"DELETE", "/api/datasets/{name}", api_handle_dataset_delete, ACCEPT_NONE, LIMIT_BODY},
     {"GET", "/api/weights", api_handle_weights_list, ACCEPT_NONE, LIMIT_BODY},
+    {"POST", "/api/weights/pull", api_handle_weights_pull, ACCEPT_JSON, LIMIT_BODY},
     {"PUT", "/api/weights/{name}", api_handle_weights_put, ACCEPT_WEIGHTS, LIMIT_UPLOAD},
     {"GET", "/api/weights/{name}", api_handle_weights_get, ACCEPT_NONE, LIMIT_BODY},
     {"DELETE", "/api/weights/{name}", api_handle_weights_delete, ACCEPT_NONE, LIMIT_BODY},
@@ -57,7 +58,7 @@ enum MHD_Result api_handle_info(struct MHD_Connection *c, Req *q)
         return http_db_failure(c, q, &err);
     json_t *j = json_pack(
         "{s:s, s:[s, s], s:i, s:s, s:s, s:s?, s:{s:I, s:I, s:I, s:I, s:i}, s:s, s:b, "
-        "s:{s:o, s:I}}",
+        "s:{s:o, s:I}, s:{s:s?, s:i, s:s?}}",
         "version", RESNETD_VERSION, "variants", "torchvision", "keras", "threads",
         blas_threads(), "blas_kernel", blas_kernel_name(), "blas_kernel_origin",
         blas_kernel_origin(), "blas_kernel_best", blas_kernel_best(), "limits", "body_limit",
@@ -65,7 +66,10 @@ enum MHD_Result api_handle_info(struct MHD_Connection *c, Req *q)
         "max_pixels", (json_int_t)a->cfg.max_pixels, "cache_bytes",
         (json_int_t)a->cfg.cache_bytes, "max_jobs_queued", a->cfg.max_jobs_queued, "data_root",
         a->data_root, "auth", a->token[0] != 0, "queue", "running",
-        has_running ? json_integer(running) : json_null(), "queued", (json_int_t)queued);
+        has_running ? json_integer(running) : json_null(), "queued", (json_int_t)queued,
+        "named_weights", "manifest", a->cfg.manifest ? a->cfg.manifest->path : NULL, "count",
+        a->cfg.manifest ? a->cfg.manifest->n : 0, "error",
+        a->cfg.manifest ? NULL : a->cfg.manifest_error);
     return http_send_json(c, q, 200, j);
 }
 

@@ -15,6 +15,8 @@
 
 #include "error.h"
 #include "events.h"
+#include "fetch.h"
+#include "puller.h"
 #include "worker.h"
 
 typedef struct {
@@ -32,6 +34,9 @@ typedef struct {
     int threads;
     Worker *worker;
     EventHub *events;
+    const FetchManifest *manifest;  /* named weights; NULL when it did not load */
+    const char *manifest_error;     /* why it did not load ("" when it did) */
+    Puller *puller;                 /* their downloads */
 } ApiConfig;
 
 typedef struct Api Api;

@@ -154,17 +154,10 @@ static enum MHD_Result post_dataset_folder(struct MHD_Connection *c, Req *q)
 {
     Api *a = q->api;
     enum MHD_Result rc;
-    json_t *body = http_body_object(c, q, &rc);
+    static const char *const fields[] = {"name", "path", NULL};
+    json_t *body = http_body_object(c, q, fields, &rc);
     if (!body)
         return rc;
-    const char *key;
-    json_t *v;
-    json_object_foreach(body, key, v)
-        if (strcmp(key, "name") && strcmp(key, "path")) {
-            rc = HTTP_ERROR(c, q, 400, key, "%s: unknown field (expected name, path)", key);
-            json_decref(body);
-            return rc;
-        }
     const char *name = json_string_value(json_object_get(body, "name"));
     const char *path = json_string_value(json_object_get(body, "path"));
     if (!name || !http_valid_name(name)) {

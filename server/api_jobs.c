@@ -34,6 +34,13 @@ json_t *api_job_json(Api *a, Store *st, int64_t id, int *missing, Error *err)
     } else {
         json_object_set_new(j, "progress", json_null());
     }
+    PullStatus ps;
+    json_object_set_new(j, "fetch",
+                        puller_status(a->cfg.puller, NULL, id, &ps)
+                            ? json_pack("{s:s, s:s, s:I, s:I}", "weights", ps.weights, "file",
+                                        ps.file, "done", (json_int_t)ps.done, "total",
+                                        (json_int_t)ps.total)
+                            : json_null());
     json_object_set_new(j, "cancel_requested",
                         json_boolean(worker_progress(a->cfg.worker, id, &p) &&
                                      p.cancel_requested));
@@ -44,10 +51,12 @@ json_t *api_job_json(Api *a, Store *st, int64_t id, int *missing, Error *err)
 }
 
 /* The submit-time checks (jobcheck.h) of spec against the dataset row d (with
- * its report) and the weights file (NULL for random weights): the resolved
- * spec to store with the job, or NULL with err and the JSON path set. */
-static json_t *check_job(const JobSpec *spec, const char *weights_path, json_t *d, char *path,
-                         size_t path_len, Error *err)
+ * its report) and the weights file (NULL for random weights; or decl, what
+ * weights still to download declare): the resolved spec to store with the job,
+ * or NULL with err and the JSON path set. */
+static json_t *check_job(const JobSpec *spec, const char *weights_path,
+                         const JobDeclared *decl, json_t *d, char *path, size_t path_len,
+                         Error *err)
 {
     json_t *names = json_object_get(json_object_get(d, "report"), "classes");
     size_t n = json_array_size(names);
@@ -61,8 +70,9 @@ static json_t *check_job(const JobSpec *spec, const char *weights_path, json_t *
         classes[i] = name ? name : "";
     }
     JobResolved r;
-    int rc = jobcheck_run(spec, weights_path, json_is_array(names) ? classes : NULL, (int)n, &r,
-                          path, path_len, err);
+    const char *const *known = json_is_array(names) ? classes : NULL;
+    int rc = decl ? jobcheck_run_declared(spec, decl, known, (int)n, &r, path, path_len, err)
+                  : jobcheck_run(spec, weights_path, known, (int)n, &r, path, path_len, err);
     free(classes);
     if (rc)
         return NULL;
@@ -78,13 +88,21 @@ static json_t *check_job(const JobSpec *spec, const char *weights_path, json_t *
 
 /* Resolves a job's "weights" (wref.h) and checks that what it names is there:
  * a file in the weights folder, or a completed job's exported model. */
-static int weights_usable(Store *st, Api *a, const char *weights, Wref *ref, Error *err)
+static int weights_usable(Store *st, Api *a, const JobSpec *spec, Wref *ref, Error *err)
 {
-    if (wref_resolve(weights, a->weights_dir, a->data_dir, ref, err))
+    const char *weights = spec->weights;
+    if (wref_resolve(weights, spec->variant, a->weights_dir, a->data_dir, a->cfg.manifest,
+                     a->cfg.manifest_error, ref, err))
         return -1;
     if (ref->kind == WREF_FILE && access(ref->path, R_OK))
-        return error_set(err, "'%s' is not a file in the weights folder (see GET /api/weights),"
-                         " nor \"random\" or \"job:ID\"", weights);
+        return error_set(err, "'%s' is not a file in the weights folder nor a name of the "
+                         "manifest (see GET /api/weights), nor \"random\", \"imagenet\" or "
+                         "\"job:ID\"", weights);
+    if (ref->kind == WREF_NAMED && !ref->cached && !fetch_entry_pinned(ref->entry))
+        return error_set(err, "'%s': the manifest pins no SHA-256 or MD5 for %s, so it is "
+                         "never downloaded unchecked; put the file in the weights folder as "
+                         "%s, or pin its hash in the manifest", weights, ref->entry->name,
+                         ref->entry->file);
     if (ref->kind != WREF_JOB)
         return 0;
     int missing;
@@ -112,7 +130,7 @@ enum MHD_Result api_handle_job_post(struct MHD_Connection *c, Req *q)
     enum MHD_Result rc;
     if (a->quiescing)
         return HTTP_ERROR(c, q, 503, NULL, "the daemon is shutting down");
-    json_t *body = http_body_object(c, q, &rc);
+    json_t *body = http_body_object(c, q, NULL, &rc);
     if (!body)
         return rc;
     JobSpec spec;
@@ -138,17 +156,26 @@ enum MHD_Result api_handle_job_post(struct MHD_Connection *c, Req *q)
                           "/api/datasets)", spec.dataset);
     }
     Wref ref;
-    if (weights_usable(st, a, spec.weights, &ref, &err)) {
+    if (weights_usable(st, a, &spec, &ref, &err)) {
         json_decref(d);
         jobspec_free(&spec);
         json_decref(body);
         return HTTP_ERROR(c, q, 400, "weights", "weights: %s", err.msg);
     }
-    json_t *resolved = check_job(&spec, ref.kind == WREF_RANDOM ? NULL : ref.path, d, path,
-                                 sizeof path, &err);
+    /* named weights not downloaded yet: checked against what the manifest declares */
+    const int fetching = ref.kind == WREF_NAMED && !ref.cached;
+    JobDeclared decl;
+    if (fetching) {
+        decl.variant = strcmp(ref.entry->variant, "keras") ? RESNET_TORCHVISION : RESNET_KERAS;
+        snprintf(decl.preprocess, sizeof decl.preprocess, "%s", ref.entry->preprocess);
+    }
+    json_t *resolved = check_job(&spec, ref.kind == WREF_RANDOM || fetching ? NULL : ref.path,
+                                 fetching ? &decl : NULL, d, path, sizeof path, &err);
     json_decref(d);
-    if (resolved && ref.kind == WREF_FILE)
+    if (resolved && (ref.kind == WREF_FILE || ref.kind == WREF_NAMED))
         json_object_set_new(resolved, "weights_file", json_string(ref.file));
+    if (resolved && ref.kind == WREF_NAMED)
+        json_object_set_new(resolved, "weights_name", json_string(ref.entry->name));
     if (resolved && ref.kind == WREF_JOB)
         json_object_set_new(resolved, "weights_job", json_integer(ref.job));
     if (!resolved) {
@@ -170,14 +197,25 @@ enum MHD_Result api_handle_job_post(struct MHD_Connection *c, Req *q)
     char *resolved_text = jsontext_dumps(resolved, JSON_COMPACT);
     json_decref(resolved);
     int irc = store_job_insert(st, spec.name[0] ? spec.name : "job", spec_text ? spec_text : "{}",
-                               resolved_text, jobspec_total_epochs(&spec), JOB_QUEUED, &id, &err);
+                               resolved_text, jobspec_total_epochs(&spec),
+                               fetching ? JOB_FETCHING : JOB_QUEUED, &id, &err);
     free(resolved_text);
     free(spec_text);
     jobspec_free(&spec);
     if (irc)
         return http_db_failure(c, q, &err);
-    log_msg(LOG_LEVEL_INFO, "job %lld queued", (long long)id);
-    worker_wake(a->cfg.worker);
+    if (fetching) {
+        log_msg(LOG_LEVEL_INFO, "job %lld waits for its weights %s", (long long)id,
+                ref.entry->name);
+        if (puller_start(a->cfg.puller, ref.entry, id, &err)) {
+            char why[sizeof err.msg + 128];
+            snprintf(why, sizeof why, "weights %s: %s", ref.entry->name, err.msg);
+            store_job_fetched(st, id, why, &err);
+        }
+    } else {
+        log_msg(LOG_LEVEL_INFO, "job %lld queued", (long long)id);
+        worker_wake(a->cfg.worker);
+    }
     json_t *j = api_job_json(a, st, id, &missing, &err);
     if (!j)
         return http_db_failure(c, q, &err);
@@ -258,6 +296,7 @@ enum MHD_Result api_handle_job_cancel(struct MHD_Connection *c, Req *q)
         json_decref(j);
         return rc;
     }
+    puller_cancel_job(a->cfg.puller, id); /* if it was fetching its weights */
     log_msg(LOG_LEVEL_INFO, "job %lld: cancelled while queued", (long long)id);
     json_t *ev = json_pack("{s:I, s:s, s:n}", "job", (json_int_t)id, "state", "cancelled",
                            "error");

@@ -13,22 +13,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "h5weights.h"
 #include "log.h"
 #include "resnet.h"
 #include "weights.h"
 #include "worker.h"
-
-/* Does the file start with HDF5's signature? (Keras .h5; safetensors otherwise.) */
-static int is_hdf5(const char *path)
-{
-    static const unsigned char sig[8] = {0x89, 'H', 'D', 'F', '\r', '\n', 0x1a, '\n'};
-    unsigned char head[8];
-    FILE *f = fopen(path, "rb");
-    int yes = f && fread(head, 1, 8, f) == 8 && !memcmp(head, sig, 8);
-    if (f)
-        fclose(f);
-    return yes;
-}
 
 /* Answers 200 with the file at path as an attachment named name. */
 static enum MHD_Result send_file(struct MHD_Connection *c, Req *q, const char *path,
@@ -64,7 +53,7 @@ static json_t *entry_json(const char *dir, const char *name)
         json_object_set_new(w, "error", json_string(err.msg));
         return w;
     }
-    json_object_set_new(w, "format", json_string(is_hdf5(path) ? "h5" : "safetensors"));
+    json_object_set_new(w, "format", json_string(info.hdf5 ? "h5" : "safetensors"));
     json_object_set_new(w, "variant", json_string(resnet_variant_name(info.variant)));
     json_object_set_new(w, "preprocess", json_string(info.preprocess));
     json_object_set_new(w, "tensors", json_integer(info.n_tensors));
@@ -77,8 +66,44 @@ static json_t *entry_json(const char *dir, const char *name)
 
 static int upload_name_ok(const char *name)
 {
-    return http_valid_name(name) && name[0] != '.' &&
-           (http_ends_with(name, ".safetensors") || http_ends_with(name, ".h5"));
+    return http_valid_name(name) && weights_file_listable(name);
+}
+
+/* A manifest entry as GET /api/weights lists it under "named". */
+static json_t *named_entry_json(Api *a, const FetchEntry *e)
+{
+    const int cached = fetch_entry_cached(e, a->weights_dir);
+    PullStatus ps;
+    const int fetching = !cached && puller_status(a->cfg.puller, e->file, 0, &ps);
+    json_t *pulling = fetching ? json_pack("{s:I, s:I}", "done", (json_int_t)ps.done, "total",
+                                           (json_int_t)ps.total)
+                               : json_null();
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:i, s:o, s:o, s:s, s:b, s:b, s:s, s:o}",
+                     "name", e->name, "file", e->file, "format", e->format, "variant",
+                     e->variant, "preprocess", e->preprocess, "classes", e->classes, "size",
+                     e->size >= 0 ? json_integer(e->size) : json_null(), "top1",
+                     e->top1 >= 0 ? json_real(e->top1) : json_null(), "description",
+                     e->description ? e->description : "", "pinned", fetch_entry_pinned(e),
+                     "cached", cached, "state",
+                     cached ? "cached" : fetching ? "fetching" : "available", "pulling", pulling);
+}
+
+/* Every manifest entry, with "imagenet"'s meaning; [] when the manifest is off. */
+static json_t *named_json(Api *a)
+{
+    json_t *list = json_array();
+    for (int i = 0; a->cfg.manifest && i < a->cfg.manifest->n; i++) {
+        const FetchEntry *e = &a->cfg.manifest->entries[i];
+        json_t *j = named_entry_json(a, e);
+        json_t *alias = json_array();
+        if (!strcmp(e->name, fetch_imagenet_name("torchvision")))
+            json_array_append_new(alias, json_string("imagenet"));
+        if (!strcmp(e->name, fetch_imagenet_name("keras")))
+            json_array_append_new(alias, json_string("imagenet with \"variant\": \"keras\""));
+        json_object_set_new(j, "aliases", alias);
+        json_array_append_new(list, j);
+    }
+    return list;
 }
 
 enum MHD_Result api_handle_weights_list(struct MHD_Connection *c, Req *q)
@@ -90,15 +115,66 @@ enum MHD_Result api_handle_weights_list(struct MHD_Connection *c, Req *q)
     char names[256][256];
     int n = 0;
     while (d && (e = readdir(d)) && n < 256)
-        if (e->d_name[0] != '.' && (http_ends_with(e->d_name, ".safetensors") ||
-                                    http_ends_with(e->d_name, ".h5")))
+        if (weights_file_listable(e->d_name))
             snprintf(names[n++], sizeof names[0], "%s", e->d_name);
     if (d)
         closedir(d);
     qsort(names, (size_t)n, sizeof names[0], (int (*)(const void *, const void *))strcmp);
     for (int i = 0; i < n; i++)
         json_array_append_new(list, entry_json(a->weights_dir, names[i]));
-    return http_send_json(c, q, 200, json_pack("{s:o}", "weights", list));
+    json_t *body = json_pack("{s:o, s:o}", "weights", list, "named", named_json(a));
+    if (!a->cfg.manifest)
+        json_object_set_new(body, "named_error", json_string(a->cfg.manifest_error));
+    return http_send_json(c, q, 200, body);
+}
+
+/* POST /api/weights/pull {"name": NAME[, "variant": V]}: downloads named weights
+ * into the weights folder (202, "fetching"), or says they are there (200). */
+enum MHD_Result api_handle_weights_pull(struct MHD_Connection *c, Req *q)
+{
+    Api *a = q->api;
+    Error err;
+    enum MHD_Result rc;
+    static const char *const fields[] = {"name", "variant", NULL};
+    json_t *body = http_body_object(c, q, fields, &rc);
+    if (!body)
+        return rc;
+    char name[64] = "", variant[16] = "";
+    const char *s = json_string_value(json_object_get(body, "name"));
+    const char *vs = json_string_value(json_object_get(body, "variant"));
+    int bad_name = !s || strlen(s) >= sizeof name;
+    int bad_variant = json_object_get(body, "variant") &&
+                      (!vs || (strcmp(vs, "torchvision") && strcmp(vs, "keras")));
+    if (!bad_name)
+        snprintf(name, sizeof name, "%s", s);
+    if (vs && !bad_variant)
+        snprintf(variant, sizeof variant, "%s", vs);
+    json_decref(body);
+    if (bad_name)
+        return HTTP_ERROR(c, q, 400, "name", "name: a name of the manifest, or \"imagenet\" "
+                          "(see GET /api/weights, \"named\")");
+    if (bad_variant)
+        return HTTP_ERROR(c, q, 400, "variant", "variant: \"torchvision\" or \"keras\"");
+    if (!a->cfg.manifest)
+        return HTTP_ERROR(c, q, 503, NULL, "named weights are off: %s", a->cfg.manifest_error);
+    const FetchEntry *e;
+    if (fetch_resolve(a->cfg.manifest, name, variant, &e, &err))
+        return HTTP_ERROR(c, q, 400, "name", "name: %s", err.msg);
+    json_t *entry = named_entry_json(a, e);
+    if (fetch_entry_cached(e, a->weights_dir))
+        return http_send_json(c, q, 200, entry);
+    if (!fetch_entry_pinned(e)) {
+        json_decref(entry);
+        return HTTP_ERROR(c, q, 400, "name", "name: the manifest pins no SHA-256 or MD5 for %s, "
+                          "so it is never downloaded unchecked", e->name);
+    }
+    PullStatus ps;
+    if (!puller_status(a->cfg.puller, e->file, 0, &ps) && puller_start(a->cfg.puller, e, 0, &err)) {
+        json_decref(entry);
+        return http_db_failure(c, q, &err);
+    }
+    json_object_set_new(entry, "state", json_string("fetching"));
+    return http_send_json(c, q, 202, entry);
 }
 
 /* Checks the uploaded file as a job would read it: the header (weights_probe),
@@ -106,10 +182,10 @@ enum MHD_Result api_handle_weights_list(struct MHD_Connection *c, Req *q)
  * of the file's variant). The file's format must match the name's extension. */
 static int check_upload(const char *path, const char *name, Error *err)
 {
-    const int h5 = is_hdf5(path);
-    if (h5 != http_ends_with(name, ".h5"))
+    const int h5 = h5weights_is_hdf5(path) == 1;
+    if (h5 != !http_ends_with(name, ".safetensors"))
         return error_set(err, "the file is %s but the name ends in %s", h5 ? "HDF5" : "not HDF5",
-                         h5 ? ".safetensors" : ".h5");
+                         strrchr(name, '.'));
     WeightsInfo info;
     if (weights_probe(path, &info, err))
         return -1;
@@ -133,7 +209,7 @@ enum MHD_Result api_handle_weights_put(struct MHD_Connection *c, Req *q)
     if (!upload_name_ok(name))
         return HTTP_ERROR(c, q, 400, NULL, "'%s': a weights file name is 1 to 64 letters, digits,"
                           " '.', '_' or '-', not starting with '.', ending in .safetensors or "
-                          ".h5", name);
+                          ".h5 (or .hdf5)", name);
     char final[8500];
     snprintf(final, sizeof final, "%s/%s", a->weights_dir, name);
     if (!access(final, F_OK))

@@ -192,7 +192,8 @@ static int starts_object(const char *text, size_t len)
 /* Parses the request body as a JSON object, or answers 400 (returns NULL and
  * sets *rc). A body sent as a form (curl -d without -H) is taken as JSON when it
  * is an object: one that does not start as one is a real form, 415. */
-json_t *http_body_object(struct MHD_Connection *c, Req *q, enum MHD_Result *rc)
+json_t *http_body_object(struct MHD_Connection *c, Req *q, const char *const *fields,
+                         enum MHD_Result *rc)
 {
     if (q->json_as_form && !starts_object(q->buf ? q->buf : "", q->len)) {
         *rc = HTTP_ERROR(c, q, 415, NULL, "Content-Type '" FORM_URLENCODED "': the body is a "
@@ -216,6 +217,22 @@ json_t *http_body_object(struct MHD_Connection *c, Req *q, enum MHD_Result *rc)
         json_decref(v);
         *rc = HTTP_ERROR(c, q, 400, NULL, "the body must be a JSON object");
         return NULL;
+    }
+    const char *key;
+    json_t *field;
+    json_object_foreach(v, key, field) {
+        int known = !fields;
+        for (int i = 0; fields && fields[i] && !known; i++)
+            known = !strcmp(key, fields[i]);
+        if (!known) {
+            char list[256] = "";
+            for (int i = 0; fields[i]; i++)
+                snprintf(list + strlen(list), sizeof list - strlen(list), "%s%s", i ? ", " : "",
+                         fields[i]);
+            *rc = HTTP_ERROR(c, q, 400, key, "%s: unknown field (expected %s)", key, list);
+            json_decref(v);
+            return NULL;
+        }
     }
     return v;
 }

@@ -121,8 +121,10 @@ enum MHD_Result http_db_failure(struct MHD_Connection *c, Req *q, const Error *e
 
 /* This thread's store connection (opened on first use); NULL with err. */
 Store *http_store(Api *a, Error *err);
-/* The body as a JSON object, or NULL after answering 400/415 (*rc set). */
-json_t *http_body_object(struct MHD_Connection *c, Req *q, enum MHD_Result *rc);
+/* The body as a JSON object, or NULL after answering 400/415 (*rc set); with
+ * fields (NULL-terminated), a key outside them is a 400 naming it. */
+json_t *http_body_object(struct MHD_Connection *c, Req *q, const char *const *fields,
+                         enum MHD_Result *rc);
 /* 1..64 of [A-Za-z0-9._-], not "." or "..". */
 int http_valid_name(const char *s);
 int http_ends_with(const char *s, const char *suffix);
@@ -149,6 +151,7 @@ enum MHD_Result api_handle_dataset_get(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_dataset_delete(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_weights_list(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_weights_put(struct MHD_Connection *c, Req *q);
+enum MHD_Result api_handle_weights_pull(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_weights_get(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_weights_delete(struct MHD_Connection *c, Req *q);
 enum MHD_Result api_handle_jobs_list(struct MHD_Connection *c, Req *q);

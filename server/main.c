@@ -18,9 +18,11 @@
 #include "cmd_weights.h"
 #include "config.h"
 #include "events.h"
-#include "log.h"
+#include "fetch.h"
 #include "jobspec.h"
+#include "log.h"
 #include "predict.h"
+#include "puller.h"
 #include "resnet.h"
 #include "store.h"
 #include "train.h"
@@ -588,6 +590,40 @@ static void find_web_dir(char *out, size_t len)
 
 extern char **environ;
 
+/* Jobs left "fetching" by a previous daemon: their downloads start again (and
+ * resume their part files), or they fail when their weights left the manifest. */
+static void resume_fetching(const char *db, const FetchManifest *manifest,
+                            const char *manifest_error, Puller *puller)
+{
+    Store *st;
+    Error err;
+    if (store_connect(&st, db, &err))
+        return;
+    json_t *ids = store_jobs_fetching(st, &err);
+    size_t i;
+    json_t *v;
+    json_array_foreach(ids, i, v) {
+        int64_t id = json_integer_value(v);
+        int missing;
+        json_t *j = store_job_get(st, id, &missing, &err);
+        json_t *res = json_object_get(j, "resolved");
+        const char *name = json_string_value(json_object_get(res, "weights_name"));
+        const FetchEntry *e = manifest && name ? fetch_manifest_find(manifest, name) : NULL;
+        if (e && !puller_start(puller, e, id, &err)) {
+            log_msg(LOG_LEVEL_INFO, "job %lld: its weights %s download again", (long long)id,
+                    name);
+        } else {
+            char why[sizeof err.msg + 128];
+            snprintf(why, sizeof why, "weights %s: %s", name ? name : "?",
+                     !manifest ? manifest_error : e ? err.msg : "no longer in the manifest");
+            store_job_fetched(st, id, why, &err);
+        }
+        json_decref(j);
+    }
+    json_decref(ids);
+    store_close(st);
+}
+
 /* argc/argv: the arguments after "serve"; cmdline: the whole command line (for
  * the kernel's re-exec). */
 static int cmd_serve(int argc, char **argv, char **cmdline)
@@ -624,6 +660,20 @@ static int cmd_serve(int argc, char **argv, char **cmdline)
         log_msg(LOG_LEVEL_INFO, "job %lld was running when the daemon stopped: it resumes from "
                 "its last checkpoint", (long long)running);
     store_close(st);
+    /* named weights: a manifest that does not load turns them off, with the reason
+     * given to whoever asks for one */
+    FetchManifest *manifest = NULL;
+    char manifest_error[sizeof err.msg] = "";
+    if (fetch_manifest_load(&manifest, cfg.weights_manifest, &err)) {
+        snprintf(manifest_error, sizeof manifest_error, "%s", err.msg);
+        log_msg(LOG_LEVEL_WARN, "named weights are off: %s", err.msg);
+    }
+    FetchHub *hub = NULL;
+    if (fetch_hub_create(&hub, &err)) {
+        fprintf(stderr, "resnetd serve: %s\n", err.msg);
+        fetch_manifest_free(manifest);
+        return 1;
+    }
 
     /* SIGINT and SIGTERM are taken by sigwait below, in this thread only */
     sigset_t sigs;
@@ -637,20 +687,30 @@ static int cmd_serve(int argc, char **argv, char **cmdline)
     Worker *worker = NULL;
     WorkerConfig wc = {db,         cfg.data_dir,   cfg.weights_dir, cfg.cache_bytes,
                        cfg.max_pixels, cfg.checkpoint_interval, events};
-    if (!events || worker_start(&worker, &wc, &err)) {
+    Puller *puller = NULL;
+    PullerConfig pc = {hub, cfg.weights_dir, cfg.weights_mirror, db, events, NULL};
+    if (!events || worker_start(&worker, &wc, &err) ||
+        (pc.worker = worker, puller_create(&puller, &pc, &err))) {
         fprintf(stderr, "resnetd serve: %s\n", events ? err.msg : "out of memory");
+        worker_stop(worker);
         events_free(events);
+        fetch_hub_free(hub);
+        fetch_manifest_free(manifest);
         return 1;
     }
+    resume_fetching(db, manifest, manifest_error, puller);
     ApiConfig ac = {cfg.listen_host, cfg.listen_port, db, cfg.data_dir, cfg.data_root,
                     cfg.weights_dir, web, cfg.token, cfg.body_limit, cfg.upload_limit,
                     cfg.cache_bytes, cfg.max_pixels, cfg.max_jobs_queued, cfg.threads, worker,
-                    events};
+                    events, manifest, manifest_error, puller};
     Api *api;
     if (api_start(&api, &ac, &err)) {
         fprintf(stderr, "resnetd serve: %s\n", err.msg);
+        puller_free(puller);
         worker_stop(worker);
         events_free(events);
+        fetch_hub_free(hub);
+        fetch_manifest_free(manifest);
         return 1;
     }
     log_msg(LOG_LEVEL_INFO, "resnetd %s listening on http://%s:%d/ (data in %s, %s kernel, %d "
@@ -661,10 +721,13 @@ static int cmd_serve(int argc, char **argv, char **cmdline)
     log_msg(LOG_LEVEL_INFO, "%s: stopping (the running batch finishes and is checkpointed)",
             sig == SIGINT ? "SIGINT" : "SIGTERM");
     api_quiesce(api);
+    puller_free(puller); /* downloads stop; their part files and jobs wait for the next start */
     worker_stop(worker);
     events_close(events);
     api_stop(api);
     events_free(events);
+    fetch_hub_free(hub);
+    fetch_manifest_free(manifest);
     log_msg(LOG_LEVEL_INFO, "stopped");
     return 0;
 }

@@ -19,8 +19,9 @@ struct Store {
     char path[1024];
 };
 
-/* Schema of version 1, applied to an empty database. A later version adds a
- * MIGRATIONS entry that turns version N-1 into N. */
+/* MIGRATIONS[0] is the schema of version 1, applied to an empty database; entry
+ * N turns version N into N + 1. They run with foreign keys off (store_open turns
+ * them on afterwards), so that rebuilding a table does not cascade. */
 static const char *const MIGRATIONS[STORE_SCHEMA_VERSION] = {
     "CREATE TABLE datasets ("
     "  id INTEGER PRIMARY KEY,"
@@ -84,6 +85,31 @@ static const char *const MIGRATIONS[STORE_SCHEMA_VERSION] = {
     "  evidence TEXT NOT NULL,"
     "  fix TEXT NOT NULL,"
     "  PRIMARY KEY (job_id, code));",
+    /* 2: jobs may be "fetching" (waiting for their named weights to download); a
+     * CHECK constraint changes by rebuilding the table (SQLite's ALTER TABLE
+     * procedure: new table, copy, drop, rename) */
+    "CREATE TABLE jobs_v2 ("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL,"
+    "  spec TEXT NOT NULL,"
+    "  state TEXT NOT NULL CHECK (state IN"
+    "    ('fetching', 'queued', 'running', 'completed', 'failed', 'cancelled')),"
+    "  error TEXT,"
+    "  created REAL NOT NULL,"
+    "  started REAL,"
+    "  finished REAL,"
+    "  epochs_total INTEGER NOT NULL,"
+    "  epochs_done INTEGER NOT NULL DEFAULT 0,"
+    "  phase INTEGER,"
+    "  phase_name TEXT,"
+    "  classes TEXT,"
+    "  info TEXT);"
+    "INSERT INTO jobs_v2 (id, name, spec, state, error, created, started, finished,"
+    "  epochs_total, epochs_done, phase, phase_name, classes, info)"
+    "  SELECT id, name, spec, state, error, created, started, finished, epochs_total,"
+    "  epochs_done, phase, phase_name, classes, info FROM jobs;"
+    "DROP TABLE jobs;"
+    "ALTER TABLE jobs_v2 RENAME TO jobs;",
 };
 
 static double now_unix(void)
@@ -139,6 +165,21 @@ static int migrate(Store *s, Error *err)
             error_wrap(err, "migrating the schema to version %d", v + 1);
             goto fail;
         }
+    int broken = 0;
+    if (version && version != STORE_SCHEMA_VERSION) {
+        sqlite3_stmt *st;
+        if (sqlite3_prepare_v2(s->db, "PRAGMA foreign_key_check", -1, &st, NULL) != SQLITE_OK) {
+            db_error(s, err, "foreign_key_check");
+            goto fail;
+        }
+        broken = sqlite3_step(st) == SQLITE_ROW;
+        sqlite3_finalize(st);
+    }
+    if (broken) {
+        error_set(err, "database %s: migrating the schema to version %d left rows without "
+                  "their job: nothing was changed", s->path, STORE_SCHEMA_VERSION);
+        goto fail;
+    }
     if (version != STORE_SCHEMA_VERSION) {
         char sql[64];
         snprintf(sql, sizeof sql, "PRAGMA user_version = %d", STORE_SCHEMA_VERSION);
@@ -183,8 +224,8 @@ int store_open(Store **out, const char *path, Error *err)
         store_close(s);
         return -1;
     }
-    if (exec(s, "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON", err) ||
-        migrate(s, err)) {
+    if (exec(s, "PRAGMA synchronous = NORMAL", err) || migrate(s, err) ||
+        exec(s, "PRAGMA foreign_keys = ON", err)) {
         store_close(s);
         return -1;
     }
@@ -628,9 +669,9 @@ json_t *store_job_best(Store *s, int64_t id, Error *err)
                      &missing, err);
 }
 
-json_t *store_job_ids(Store *s, Error *err)
+/* The ids of query's rows (column "id"), in order. */
+static json_t *ids_of(json_t *rows)
 {
-    json_t *rows = query(s, "SELECT id FROM jobs ORDER BY id DESC", 0, 0, err);
     if (!rows)
         return NULL;
     json_t *ids = json_array();
@@ -642,11 +683,22 @@ json_t *store_job_ids(Store *s, Error *err)
     return ids;
 }
 
+json_t *store_jobs_fetching(Store *s, Error *err)
+{
+    return ids_of(query(s, "SELECT id FROM jobs WHERE state = 'fetching' ORDER BY id", 0, 0,
+                        err));
+}
+
+json_t *store_job_ids(Store *s, Error *err)
+{
+    return ids_of(query(s, "SELECT id FROM jobs ORDER BY id DESC", 0, 0, err));
+}
+
 int store_jobs_queued(Store *s, int64_t *n, Error *err)
 {
     int missing;
-    json_t *row = query_one(s, "SELECT count(*) AS n FROM jobs WHERE state = 'queued'", 0, 0,
-                            &missing, err);
+    json_t *row = query_one(s, "SELECT count(*) AS n FROM jobs WHERE state IN ('queued',"
+                               " 'fetching')", 0, 0, &missing, err);
     if (!row)
         return -1;
     *n = json_integer_value(json_object_get(row, "n"));
@@ -803,7 +855,26 @@ static int change(Store *s, const char *sql, int64_t id, Error *err)
 int store_job_cancel_queued(Store *s, int64_t id, Error *err)
 {
     return change(s, "UPDATE jobs SET state = 'cancelled', finished = ?2"
-                     " WHERE id = ?1 AND state = 'queued'", id, err);
+                     " WHERE id = ?1 AND state IN ('queued', 'fetching')", id, err);
+}
+
+int store_job_fetched(Store *s, int64_t id, const char *error, Error *err)
+{
+    sqlite3_stmt *st = prepare(s, "UPDATE jobs SET state = CASE WHEN ?2 IS NULL THEN 'queued'"
+                                  " ELSE 'failed' END, error = ?2, finished = CASE WHEN ?2 IS"
+                                  " NULL THEN NULL ELSE ?3 END WHERE id = ?1 AND"
+                                  " state = 'fetching'", err);
+    if (!st)
+        return -1;
+    sqlite3_bind_int64(st, 1, id);
+    if (error)
+        sqlite3_bind_text(st, 2, error, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, 2);
+    sqlite3_bind_double(st, 3, now_unix());
+    if (run(s, st, err))
+        return -1;
+    return sqlite3_changes(s->db);
 }
 
 int store_job_claim(Store *s, int64_t id, Error *err)

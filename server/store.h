@@ -33,7 +33,7 @@
 #include "error.h"
 #include "train.h"
 
-#define STORE_SCHEMA_VERSION 1
+#define STORE_SCHEMA_VERSION 2
 
 typedef struct Store Store;
 
@@ -47,6 +47,7 @@ void store_close(Store *s);
 int store_connect(Store **out, const char *path, Error *err);
 
 /* Job states. */
+#define JOB_FETCHING "fetching"  /* queued behind the download of its named weights */
 #define JOB_QUEUED "queued"
 #define JOB_RUNNING "running"
 #define JOB_COMPLETED "completed"
@@ -100,7 +101,14 @@ json_t *store_job_best(Store *s, int64_t id, Error *err);
 /* Every job id, newest first (an array of integers). */
 json_t *store_job_ids(Store *s, Error *err);
 
-/* The number of queued jobs in *n; 0 or -1. */
+/* The jobs waiting for their weights to download (ids, oldest first). */
+json_t *store_jobs_fetching(Store *s, Error *err);
+
+/* fetching -> queued (error NULL: the weights arrived) or -> failed with error:
+ * 1 done, 0 the job is no longer fetching (cancelled meanwhile), -1 error. */
+int store_job_fetched(Store *s, int64_t id, const char *error, Error *err);
+
+/* The number of jobs waiting (queued or fetching) in *n; 0 or -1. */
 int store_jobs_queued(Store *s, int64_t *n, Error *err);
 
 /* The running job (the oldest if several): 1 with *id, 0 none, -1 error. */
@@ -145,7 +153,7 @@ json_t *store_steps_list(Store *s, int64_t job, int64_t after, Error *err);
  * order first raised. */
 json_t *store_findings_list(Store *s, int64_t job, Error *err);
 
-/* queued -> cancelled when still queued: 1 done, 0 not queued, -1 error. */
+/* queued or fetching -> cancelled: 1 done, 0 neither, -1 error. */
 int store_job_cancel_queued(Store *s, int64_t id, Error *err);
 
 /* queued -> running (the worker claims it): 1 claimed, 0 not queued, -1 error. */

@@ -181,9 +181,10 @@ static void on_done(void *ctx, const struct Resnet *m, const Dataset *ds, const 
         snprintf(r->export_error, sizeof r->export_error, "export failed: %s", err.msg);
 }
 
-/* Resolves the spec's dataset (a registered name or id) and weights (wref.h) to
- * paths. */
-static int resolve(Worker *w, JobSpec *spec, Error *err)
+/* Resolves the spec's dataset (a registered name or id) and weights to paths:
+ * the file the submit resolved (weights_file: a file of the weights folder, or
+ * named weights downloaded there), else wref.h's rule. */
+static int resolve(Worker *w, JobSpec *spec, const char *resolved_file, Error *err)
 {
     int missing;
     Error qerr;
@@ -196,7 +197,13 @@ static int resolve(Worker *w, JobSpec *spec, Error *err)
              json_string_value(json_object_get(row, "path")));
     json_decref(row);
     Wref ref;
-    if (wref_resolve(spec->weights, w->weights_dir, w->data_dir, &ref, err))
+    if (resolved_file && resolved_file[0])
+        return snprintf(spec->weights, sizeof spec->weights, "%s/%s", w->weights_dir,
+                        resolved_file) >= (int)sizeof spec->weights
+                   ? error_set(err, "weights: the path is too long")
+                   : 0;
+    if (wref_resolve(spec->weights, spec->variant, w->weights_dir, w->data_dir, NULL, NULL, &ref,
+                     err))
         return error_wrap(err, "weights");
     if (ref.kind != WREF_RANDOM &&
         snprintf(spec->weights, sizeof spec->weights, "%s", ref.path) >= (int)sizeof spec->weights)
@@ -231,6 +238,10 @@ static void run_job(Worker *w, int64_t job)
     }
     const int resuming = !strcmp(json_string_value(json_object_get(row, "state")), "running");
     char *spec_text = jsontext_dumps(json_object_get(row, "spec"), JSON_COMPACT);
+    const char *wf = json_string_value(json_object_get(json_object_get(row, "resolved"),
+                                                       "weights_file"));
+    char weights_file[256];
+    snprintf(weights_file, sizeof weights_file, "%s", wf ? wf : "");
     json_decref(row);
     pthread_mutex_lock(&w->mu);
     memset(&w->progress, 0, sizeof w->progress);
@@ -254,7 +265,7 @@ static void run_job(Worker *w, int64_t job)
         finish(w, job, JOB_FAILED, spec_text ? err.msg : "out of memory");
         goto out;
     }
-    if (resolve(w, &spec, &err)) {
+    if (resolve(w, &spec, weights_file, &err)) {
         jobspec_free(&spec);
         finish(w, job, JOB_FAILED, err.msg);
         goto out;

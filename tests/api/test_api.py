@@ -807,7 +807,14 @@ class Basics(ApiCase):
         self.assertHealthy(d)
 
     def test_weights_list(self):
-        self.assertEqual(self.d.get("/api/weights").json(), {"weights": []})
+        listing = self.d.get("/api/weights").json()
+        self.assertEqual(listing["weights"], [])
+        # the shipped manifest's names, none downloaded (test_named_weights.py
+        # downloads them from a loopback mirror)
+        named = {w["name"]: w for w in listing["named"]}
+        self.assertLessEqual({"torchvision-v1", "keras", "keras-notop"}, set(named))
+        self.assertEqual(named["torchvision-v1"]["aliases"], ["imagenet"])
+        self.assertEqual({w["state"] for w in named.values()}, {"available"})
         with open(os.path.join(self.d.weights_dir, "junk.safetensors"), "wb") as f:
             f.write(b"this is not a safetensors file")
         with open(os.path.join(self.d.weights_dir, "notes.txt"), "w") as f:
@@ -1155,7 +1162,7 @@ class CompletedJobs(ApiCase):
         self.assertEqual(set(j), {"id", "name", "state", "error", "created", "started",
                                   "finished", "epochs_total", "epochs_done", "phase",
                                   "phase_name", "classes", "progress", "best",
-                                  "cancel_requested", "spec", "resolved"})
+                                  "cancel_requested", "spec", "resolved", "fetch"})
         self.assertEqual(j["resolved"]["variant"], "torchvision")
         self.assertEqual(j["resolved"]["preprocess"], "torch")
         self.assertEqual(j["resolved"]["preprocess_from"], "job")

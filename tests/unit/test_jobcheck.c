@@ -112,6 +112,47 @@ static void test_weights_checked_and_declared_preprocess(void **state)
     jobspec_free(&s);
 }
 
+/* "variant": the architecture of random weights, the choice "imagenet" makes (what
+ * a named download declares), and never against a weights file's own. */
+static void test_variant(void **state)
+{
+    (void)state;
+    JobResolved r;
+    char path[128];
+    Error err;
+    JobSpec s = spec_of("random", ", \"variant\": \"keras\"");
+    if (check(&s, NULL, &r, path, &err))
+        fail_msg("%s (at %s)", err.msg, path);
+    assert_int_equal(r.variant, RESNET_KERAS);
+    jobspec_free(&s);
+    const char *kw = saved_weights(RESNET_KERAS, "caffe", "kv.safetensors");
+    s = spec_of("kv", ", \"variant\": \"torchvision\"");
+    assert_int_equal(check(&s, kw, &r, path, &err), -1);
+    assert_string_equal(path, "variant");
+    assert_non_null(strstr(err.msg, "keras"));
+    jobspec_free(&s);
+    /* weights still to download: what the manifest declares stands for the file */
+    JobDeclared keras = {RESNET_KERAS, "caffe"};
+    s = spec_of("imagenet", ", \"variant\": \"keras\"");
+    if (jobcheck_run_declared(&s, &keras, CLASSES, 3, &r, path, sizeof path, &err))
+        fail_msg("%s (at %s)", err.msg, path);
+    assert_int_equal(r.variant, RESNET_KERAS);
+    assert_string_equal(r.preprocess, "caffe");
+    assert_string_equal(r.preprocess_from, "weights");
+    jobspec_free(&s);
+    s = spec_of("imagenet", ", \"variant\": \"torchvision\"");
+    assert_int_equal(jobcheck_run_declared(&s, &keras, CLASSES, 3, &r, path, sizeof path, &err),
+                     -1);
+    assert_string_equal(path, "variant");
+    jobspec_free(&s);
+    /* only the two variants parse */
+    const char *bad = "{\"dataset\": \"d\", \"weights\": \"random\", \"variant\": \"vgg\","
+                      " \"phases\": [{\"epochs\": 1, \"train\": \"head\","
+                      " \"optimizer\": {\"type\": \"sgd\", \"lr\": 0.01}}]}";
+    assert_int_equal(jobspec_parse(&s, bad, strlen(bad), path, sizeof path, &err), -1);
+    assert_string_equal(path, "variant");
+}
+
 static void test_refusals_name_the_field(void **state)
 {
     (void)state;
@@ -148,6 +189,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_random_weights_resolve_to_torch),
         cmocka_unit_test(test_weights_checked_and_declared_preprocess),
         cmocka_unit_test(test_refusals_name_the_field),
+        cmocka_unit_test(test_variant),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

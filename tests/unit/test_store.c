@@ -69,6 +69,56 @@ static void test_schema_and_wal(void **state)
     store_close(s);
 }
 
+/* A database of schema version 1 (jobs and epochs as version 1 wrote them, one
+ * job with one epoch) opens as version 2: the rows are kept, a job may be
+ * "fetching", and deleting a job still removes its epochs. */
+static void test_migrates_version_1(void **state)
+{
+    (void)state;
+    const char *path = testutil_tmp_path("v1.db");
+    sqlite3 *db;
+    assert_int_equal(sqlite3_open(path, &db), SQLITE_OK);
+    const char *v1 =
+        "CREATE TABLE jobs (id INTEGER PRIMARY KEY, name TEXT NOT NULL, spec TEXT NOT NULL,"
+        "  state TEXT NOT NULL CHECK (state IN"
+        "    ('queued', 'running', 'completed', 'failed', 'cancelled')),"
+        "  error TEXT, created REAL NOT NULL, started REAL, finished REAL,"
+        "  epochs_total INTEGER NOT NULL, epochs_done INTEGER NOT NULL DEFAULT 0,"
+        "  phase INTEGER, phase_name TEXT, classes TEXT, info TEXT);"
+        "CREATE TABLE epochs (job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,"
+        "  epoch INTEGER NOT NULL, phase INTEGER NOT NULL, phase_name TEXT NOT NULL,"
+        "  phase_epoch INTEGER NOT NULL, lr REAL, train_loss REAL, train_acc REAL,"
+        "  val_loss REAL, val_acc REAL, val_balanced_acc REAL, seconds REAL,"
+        "  images_per_second REAL, best INTEGER NOT NULL, cached INTEGER NOT NULL,"
+        "  grad_norm TEXT, weight_change TEXT, predicted TEXT, confusion TEXT,"
+        "  PRIMARY KEY (job_id, epoch));"
+        "INSERT INTO jobs (id, name, spec, state, created, epochs_total, info)"
+        "  VALUES (7, 'old', '{}', 'completed', 1.5, 3, '{\"variant\": \"keras\"}');"
+        "INSERT INTO epochs (job_id, epoch, phase, phase_name, phase_epoch, val_loss, best,"
+        "  cached) VALUES (7, 0, 0, 'head', 0, 0.25, 1, 0);"
+        "PRAGMA user_version = 1;";
+    assert_int_equal(sqlite3_exec(db, v1, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(db);
+    Store *s;
+    Error err;
+    if (store_open(&s, path, &err))
+        fail_msg("%s", err.msg);
+    assert_int_equal(query_int(s, "PRAGMA user_version"), 2);
+    assert_string_equal(query_text(s, "SELECT name || ' ' || state || ' ' || info FROM jobs"
+                                      " WHERE id = 7"), "old completed {\"variant\": \"keras\"}");
+    assert_true(query_real(s, "SELECT val_loss FROM epochs WHERE job_id = 7") == 0.25);
+    int64_t id;
+    assert_int_equal(store_job_insert(s, "new", "{}", NULL, 1, JOB_FETCHING, &id, &err), 0);
+    assert_int_equal(id, 8);
+    assert_int_equal(store_job_fetched(s, id, NULL, &err), 1);
+    assert_string_equal(query_text(s, "SELECT state FROM jobs WHERE id = 8"), "queued");
+    assert_int_equal(store_job_fetched(s, id, NULL, &err), 0); /* no longer fetching */
+    assert_int_equal(sqlite3_exec(store_db(s), "DELETE FROM jobs WHERE id = 7", NULL, NULL, NULL),
+                     SQLITE_OK);
+    assert_int_equal(query_int(s, "SELECT count(*) FROM epochs"), 0);
+    store_close(s);
+}
+
 /* A report of epoch e of a 2-class job with values that identify it. */
 static void fill_report(EpochReport *r, EpochMetrics *em, Confusion *conf, int e, double *prec,
                         double *rec, double *f1, int64_t *support, int64_t *pred,
@@ -240,7 +290,7 @@ static void test_refusals(void **state)
     sqlite3_close(db);
     assert_int_equal(store_open(&s, newer, &err), -1);
     assert_null(s);
-    assert_non_null(strstr(err.msg, "schema version 99, newer than this resnetd's 1"));
+    assert_non_null(strstr(err.msg, "schema version 99, newer than this resnetd's 2"));
     assert_int_equal(sqlite3_open(newer, &db), SQLITE_OK);
     sqlite3_stmt *st;
     sqlite3_prepare_v2(db, "SELECT count(*) FROM sqlite_master WHERE name = 'jobs'", -1, &st, NULL);
@@ -268,6 +318,7 @@ int main(int argc, char **argv)
     testutil_init(argc, argv);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_schema_and_wal),
+        cmocka_unit_test(test_migrates_version_1),
         cmocka_unit_test(test_job_epochs_steps),
         cmocka_unit_test(test_dataset_find),
         cmocka_unit_test(test_refusals),
