@@ -223,6 +223,73 @@ static void on_progress(void *ctx, const FetchProgress *p)
     }
 }
 
+/* Pulls e as a and the configuration say, with progress on stderr; Ctrl-C and
+ * SIGTERM cancel it (res->cancelled; the part file is kept). */
+static int pull_one(const WeightsArgs *a, const FetchEntry *e, FetchHub *hub, FetchResult *res,
+                    PullView *view, Error *err)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    *view = (PullView){e->name, isatty(STDERR_FILENO), 0, now_s(), now_s(), 1};
+    FetchOptions o;
+    fetch_options_init(&o);
+    o.weights_dir = a->weights_dir;
+    o.mirror = a->cfg.weights_mirror;
+    o.stall_timeout_s = a->stall_timeout_s;
+    o.retries = a->retries;
+    o.progress = on_progress;
+    o.progress_ctx = view;
+    o.cancel = &interrupted;
+    char url[FETCH_PATH_MAX];
+    if (!fetch_entry_url(e, o.mirror, url, sizeof url, NULL) && fetch_entry_pinned(e) &&
+        !fetch_entry_cached(e, o.weights_dir))
+        fprintf(stderr, "pulling %s from %s into %s\n", e->name, url, o.weights_dir);
+    int rc = fetch_pull(hub, e, &o, res, err);
+    if (view->drawn)
+        fputc('\n', stderr);
+    return rc;
+}
+
+int cmd_weights_for_train(const char *weights, const char *variant, char *path, size_t n)
+{
+    WeightsArgs a;
+    if (weights_args(&a, 0, NULL, 0))
+        return -1;
+    Error err;
+    FetchManifest *m = NULL;
+    const int alias = !strcmp(weights, "imagenet");
+    if (fetch_manifest_load(&m, a.cfg.weights_manifest, &err)) {
+        if (!alias)
+            return 1;
+        fprintf(stderr, "resnetd train: weights: %s\n", err.msg);
+        return -1;
+    }
+    const FetchEntry *e;
+    if (!alias && !fetch_manifest_find(m, weights)) {
+        fetch_manifest_free(m);
+        return 1;
+    }
+    FetchHub *hub = NULL;
+    if (fetch_resolve(m, weights, variant, &e, &err) || fetch_hub_create(&hub, &err)) {
+        fprintf(stderr, "resnetd train: weights: %s\n", err.msg);
+        fetch_manifest_free(m);
+        return -1;
+    }
+    FetchResult res;
+    PullView view;
+    int rc = pull_one(&a, e, hub, &res, &view, &err);
+    if (rc)
+        fprintf(stderr, "resnetd train: weights %s: %s\n", e->name, err.msg);
+    else
+        snprintf(path, n, "%s", res.path);
+    fetch_hub_free(hub);
+    fetch_manifest_free(m);
+    return rc ? -1 : 0;
+}
+
 static int cmd_pull(int argc, char **argv)
 {
     WeightsArgs a;
@@ -239,30 +306,9 @@ static int cmd_pull(int argc, char **argv)
         fetch_manifest_free(m);
         return 1;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-
-    PullView view = {e->name, isatty(STDERR_FILENO), 0, now_s(), now_s(), 1};
-    FetchOptions o;
-    fetch_options_init(&o);
-    o.weights_dir = a.weights_dir;
-    o.mirror = a.cfg.weights_mirror;
-    o.stall_timeout_s = a.stall_timeout_s;
-    o.retries = a.retries;
-    o.progress = on_progress;
-    o.progress_ctx = &view;
-    o.cancel = &interrupted;
-    char url[FETCH_PATH_MAX];
-    if (!fetch_entry_url(e, o.mirror, url, sizeof url, NULL) && fetch_entry_pinned(e) &&
-        !fetch_entry_cached(e, o.weights_dir))
-        fprintf(stderr, "pulling %s from %s into %s\n", e->name, url, o.weights_dir);
     FetchResult res;
-    rc = fetch_pull(hub, e, &o, &res, &err);
-    if (view.drawn)
-        fputc('\n', stderr);
+    PullView view;
+    rc = pull_one(&a, e, hub, &res, &view, &err);
     if (rc) {
         fprintf(stderr, "resnetd weights pull: %s\n", err.msg);
         rc = res.cancelled ? 130 : 1;

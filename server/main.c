@@ -396,6 +396,17 @@ static int cmd_train(int argc, char **argv, char **cmdline, Config *opts)
         fprintf(stderr, "resnetd train: %s: %s\n", spec_path, err.msg);
         return 1;
     }
+    /* "imagenet" or a manifest name: downloaded once into the weights folder */
+    if (strcmp(spec.weights, "random") && access(spec.weights, F_OK)) {
+        char named[sizeof spec.weights];
+        int r = cmd_weights_for_train(spec.weights, spec.variant, named, sizeof named);
+        if (r < 0) {
+            jobspec_free(&spec);
+            return 1;
+        }
+        if (r == 0)
+            memcpy(spec.weights, named, sizeof named);
+    }
     /* the activation cache spills beside the checkpoint, else into --cache-dir
      * or the temporary folder */
     char spill[4096];

@@ -17,6 +17,7 @@ second daemon, with --weights-manifest pointing at the test manifest:
   once for two such jobs, then runs them; a job from the same file by job:ID with
   the same seed records the same losses;
 - POST /api/weights/pull installs a name (202 fetching, then 200 cached, listed);
+- `resnetd train` with "imagenet" pulls it once into its weights folder, then trains;
 - a job whose download fails (404, a tampered byte) ends failed with the reason;
   cancelling a job whose download stalls stops it (cancelled);
 - an entry that pins no hash and an unknown name are refused at submit (400,
@@ -26,6 +27,7 @@ second daemon, with --weights-manifest pointing at the test manifest:
 import hashlib
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -224,6 +226,36 @@ class NamedWeights(ApiCase):
                          ("keras", "keras"))
         self.d.request("POST", f"/api/jobs/{r.json()['id']}/cancel")
         self.d.wait_job(r.json()["id"])
+
+    def test_6_train_cli_pulls_then_trains(self):
+        """`resnetd train` takes "imagenet" too: downloaded once into the weights
+        folder of its configuration (RESNETD_WEIGHTS_DIR, RESNETD_WEIGHTS_MANIFEST)."""
+        wdir = os.path.join(test_api.TMP, "cli-weights")
+        spec = dict(fine_tune("imagenet", name="cli"), dataset=test_api.FM)
+        path = os.path.join(test_api.TMP, "cli.json")
+        with open(path, "w") as f:
+            json.dump(spec, f)
+        env = test_api.clean_env(RESNETD_WEIGHTS_DIR=wdir, RESNETD_WEIGHTS_MANIFEST=self.manifest)
+        before = len(self.mirror.requests_for("/tv1"))
+        for run in range(2):
+            r = subprocess.run([test_api.RESNETD, "train", path], env=env, capture_output=True,
+                               text=True, timeout=300)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(len([ln for ln in r.stdout.splitlines()
+                                  if ln.startswith("epoch ")]), 2, r.stdout)
+            self.assertEqual(len(self.mirror.requests_for("/tv1")), before + 1, r.stderr)
+            if run == 0:
+                self.assertIn("pulling torchvision-v1", r.stderr)
+        with open(os.path.join(wdir, "torchvision-v1.safetensors"), "rb") as f:
+            self.assertEqual(f.read(), self.model)
+        # a name the manifest does not have stays a path, and fails as one
+        spec["weights"] = "no-such.safetensors"
+        with open(path, "w") as f:
+            json.dump(spec, f)
+        r = subprocess.run([test_api.RESNETD, "train", path], env=env, capture_output=True,
+                           text=True, timeout=300)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("no-such.safetensors", r.stderr)
 
 
 if __name__ == "__main__":
