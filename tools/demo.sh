@@ -6,10 +6,10 @@
 #      pretraining never saw), 12 to train on and 48 to validate, to fine-tune
 #      on: few labels, where pretrained features pay; 32x32 PNGs;
 #   2. starts the daemon (build/resnetd serve, data in var/) unless one answers;
-#   3. registers both datasets, pretrains from scratch, puts the exported weights
-#      into the weights folder, then fine-tunes them (head, then stage:5) with
-#      three seeds, the pretraining's among them, and runs the same schedule
-#      from random weights with the same seeds for comparison;
+#   3. registers both datasets, pretrains from scratch, then fine-tunes the
+#      pretraining's exported model ("weights": "job:ID"; head, then stage:5)
+#      with three seeds, the pretraining's among them, and runs the same
+#      schedule from random weights with the same seeds for comparison;
 #   4. prints the mean best val accuracies with the CPU and BLAS kernel, the
 #      dashboard URL and every curl command it used.
 # DEMO_PRETRAIN_PER_CLASS, DEMO_PRETRAIN_EPOCHS, DEMO_FINETUNE_PER_CLASS and
@@ -82,11 +82,6 @@ echo "\$ curl -s -X POST $url/api/jobs -H 'Content-Type: application/json' -d '$
 pre=$(post /api/jobs "$pretrain" | json 'd["id"]')
 wait_job "$pre"
 
-weights_dir=var/weights
-say "put the pretrained weights where jobs can use them"
-run curl -s -o "$weights_dir/demo-pretrained.safetensors" "$url/api/jobs/$pre/weights"
-run curl -s "$url/api/weights"
-
 finetune() { # name weights seed
   echo "{\"name\": \"$1\", \"dataset\": \"fm-finetune-t10k-$ft_per\", \"weights\": \"$2\", \"seed\": $3,
  \"input_size\": 32, \"batch_size\": 16, \"val_fraction\": 0.8,
@@ -94,11 +89,11 @@ finetune() { # name weights seed
             {\"name\": \"stage5\", \"epochs\": 3, \"train\": \"stage:5\",
              \"optimizer\": {\"type\": \"adam\", \"lr\": 0.0001}}]}"
 }
-say "fine-tune a new 5-class head on classes 5-9 of unseen images ($((ft_per / 5)) training images each): head, then stage:5 at a lower rate;"
+say "fine-tune job $pre's model (\"weights\": \"job:$pre\") with a new 5-class head on classes 5-9 of unseen images ($((ft_per / 5)) training images each): head, then stage:5 at a lower rate;"
 echo "   the same schedule from random weights; seeds $seeds (the pretraining's seed among them)"
 ft_ids=() rnd_ids=()
 for seed in $seeds; do
-  ft_spec=$(finetune "demo-finetune-s$seed" demo-pretrained.safetensors "$seed")
+  ft_spec=$(finetune "demo-finetune-s$seed" "job:$pre" "$seed")
   rnd_spec=$(finetune "demo-from-random-s$seed" random "$seed")
   [ ${#ft_ids[@]} -eq 0 ] && echo "\$ curl -s -X POST $url/api/jobs -H 'Content-Type: application/json' -d '$ft_spec'"
   ft_ids+=("$(post /api/jobs "$ft_spec" | json 'd["id"]')")
