@@ -222,12 +222,13 @@ class Response:
 
 
 class Daemon:
-    """One `resnetd serve` on a free loopback port with its own data folder."""
+    """One `resnetd serve` on a free loopback port with its own data folder (or
+    reuse_dir: another daemon's, to restart on its data)."""
 
     def __init__(self, *flags, host="127.0.0.1", token=None, data_root=None, wait=True,
-                 env=None):
+                 env=None, reuse_dir=None):
         self.host, self.port = host, free_port(host)
-        self.dir = tempfile.mkdtemp(prefix="daemon-", dir=TMP)
+        self.dir = reuse_dir or tempfile.mkdtemp(prefix="daemon-", dir=TMP)
         self.data_dir = os.path.join(self.dir, "var")
         self.weights_dir = os.path.join(self.dir, "weights")
         self.log_path = os.path.join(self.dir, "daemon.log")
@@ -237,7 +238,7 @@ class Daemon:
                 self.weights_dir, *flags]
         if token:
             args += ["--token", token]
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env or clean_env())
         if wait:

@@ -19,7 +19,9 @@ second daemon, with --weights-manifest pointing at the test manifest:
 - POST /api/weights/pull installs a name (202 fetching, then 200 cached, listed);
 - `resnetd train` with "imagenet" pulls it once into its weights folder, then trains;
 - a job whose download fails (404, a tampered byte) ends failed with the reason;
-  cancelling a job whose download stalls stops it (cancelled);
+  cancelling a job whose download stalls stops it (cancelled); a daemon stopped
+  during a download leaves the job fetching with its part file, and the next
+  one on the same data resumes it with a Range request and runs the job;
 - an entry that pins no hash and an unknown name are refused at submit (400,
   path weights), as is a "variant" that contradicts the weights (path variant).
 """
@@ -226,6 +228,42 @@ class NamedWeights(ApiCase):
                          ("keras", "keras"))
         self.d.request("POST", f"/api/jobs/{r.json()['id']}/cancel")
         self.d.wait_job(r.json()["id"])
+
+    def test_7_restart_resumes_a_download(self):
+        """SIGTERM while a job's download stalls: the job stays fetching with its part
+        file; the next daemon on the same data resumes the download with a Range
+        request and runs the job."""
+        self.mirror.files["/later"] = self.model
+        self.mirror.modes["/later"] = ["stall"]
+        manifest = os.path.join(test_api.TMP, "manifest-later.json")
+        with open(self.manifest) as f:
+            m = json.load(f)
+        m["weights"]["later"] = entry(self.mirror.url("/later"), "later.safetensors", self.model)
+        with open(manifest, "w") as f:
+            json.dump(m, f)
+        d1 = test_api.Daemon("--weights-manifest", manifest)
+        self.addCleanup(d1.stop)
+        self.assertStatus(d1.post_json("/api/datasets", {"name": "fm", "path": "fm"}), 201, d1)
+        r = d1.post_json("/api/jobs", fine_tune("later", name="later"))
+        self.assertStatus(r, 201, d1)
+        jid = r.json()["id"]
+        deadline = time.time() + 30
+        while time.time() < deadline and not (d1.get(f"/api/jobs/{jid}").json()["fetch"] or
+                                              {}).get("done"):
+            time.sleep(0.05)
+        self.assertGreater(d1.get(f"/api/jobs/{jid}").json()["fetch"]["done"], 0)
+        d1.stop()
+        self.assertTrue(os.path.exists(os.path.join(d1.weights_dir, ".later.safetensors.part")),
+                        os.listdir(d1.weights_dir))
+        d2 = test_api.Daemon("--weights-manifest", manifest, reuse_dir=d1.dir)
+        self.addCleanup(d2.stop)
+        j = d2.wait_job(jid)
+        self.assertEqual(j["state"], "completed", d2.log_tail())
+        ranges = [q["range"] for q in self.mirror.requests_for("/later")]
+        self.assertEqual(len(ranges), 2, ranges)
+        self.assertIsNone(ranges[0])
+        self.assertRegex(ranges[1] or "", r"^bytes=[1-9]\d*-$")
+        self.assertIn("download again", d2.log())
 
     def test_6_train_cli_pulls_then_trains(self):
         """`resnetd train` takes "imagenet" too: downloaded once into the weights
