@@ -426,8 +426,10 @@ class Diagnosis(unittest.TestCase):
                      (ev["previous_train_mode_loss"], ev["previous_inference_mode_loss"])):
             # train mode cannot tell images apart: the loss of a constant guess
             self.assertLess(abs(t - math.log(3)), 0.2)
-            # measured 1.7e3 and 1e8 against a threshold of about 0.55, on every kernel
-            self.assertGreater(abs(i - t), 100 * max(0.2, t / 2))
+            # the rule's own condition, which the stored losses must meet (the size of the
+            # gap is chaotic: 1.7e3 and 1e8 on an AVX-512 Zen 5, 1.1 on an AVX2 EPYC,
+            # against a threshold of about 0.55)
+            self.assertGreater(abs(i - t), max(0.2, t / 2))
         self.assert_errors(r, set())
 
     # ---- learning rate and training dynamics -------------------------------------
