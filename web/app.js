@@ -29,6 +29,8 @@ function h(tag, attrs, ...children) {
 
 const fmt = (v, d = 4) => (v === null || v === undefined || Number.isNaN(v)) ? '–' : Number(v).toFixed(d);
 const pct = v => (v === null || v === undefined) ? '–' : (100 * v).toFixed(1) + '%';
+/* Decimal megabytes, as the manifest and docs/weights.md quote sizes ("102 MB"). */
+const megabytes = n => n / 1e6 < 10 ? (n / 1e6).toFixed(1) : String(Math.round(n / 1e6));
 
 /* ---- API -------------------------------------------------------------------- */
 
@@ -134,6 +136,36 @@ function leave() { for (const f of cleanup) f(); cleanup = []; }
 
 function stateBadge(state) { return h('span', { class: 'state state-' + state, 'data-state': state }, state); }
 
+/* Jobs a person can still cancel: waiting for their weights, queued or running. */
+const cancellable = state => state === 'fetching' || state === 'queued' || state === 'running';
+
+/* What a job in state "fetching" shows. f is the job's "fetch" field or the
+ * latest "fetch" event ({weights, file, done, total}); null until the download
+ * has started. Percentages round down, so 100% means every byte arrived. */
+function fetchLabel(f) {
+  if (!f || (!f.total && !f.done)) return 'downloading weights…';
+  if (!f.total) return `downloading weights (${megabytes(f.done)} MB so far)`;
+  return `downloading weights ${Math.floor(100 * f.done / f.total)}% (${megabytes(f.done)} of ${megabytes(f.total)} MB)`;
+}
+
+/* A download bar with its label; update(f) redraws it in place, so that a
+ * control next to it keeps the keyboard focus while events arrive. */
+function fetchProgress(f) {
+  const fill = h('span'), label = h('span', { class: 'small fetch-label' });
+  const bar = h('div', { class: 'bar', role: 'progressbar', 'aria-label': 'weights download', 'aria-valuemin': 0, 'aria-valuemax': 100 }, fill);
+  const el = h('div', { class: 'hbar' }, bar, label);
+  const update = g => {
+    const share = g && g.total ? Math.min(1, g.done / g.total) : 0;
+    fill.style.width = `${100 * share}%`;
+    bar.setAttribute('aria-valuenow', String(Math.floor(100 * share)));
+    bar.setAttribute('aria-valuetext', fetchLabel(g));
+    label.textContent = fetchLabel(g);
+    el.title = g && g.weights ? `${g.weights}: ${g.file}` : '';
+  };
+  update(f);
+  return { el, update };
+}
+
 async function jobsView() {
   view.replaceChildren(h('h1', {}, 'Jobs'), h('div', { class: 'card scroll', id: 'jobs-card' }, h('p', { class: 'empty' }, 'Loading…')));
   const card = document.getElementById('jobs-card');
@@ -146,19 +178,18 @@ async function jobsView() {
       }
       const rows = jobs.map(j => {
         const done = j.epochs_done || 0, total = j.epochs_total || 0;
-        const active = j.state === 'queued' || j.state === 'running';
         return h('tr', { 'data-job': j.id },
           h('td', { class: 'num' }, j.id),
           h('td', {}, h('a', { href: '#/jobs/' + j.id }, j.name)),
           h('td', {}, stateBadge(j.state)),
           h('td', { class: 'hide-narrow' }, j.spec && j.spec.dataset),
           h('td', { class: 'hide-narrow' }, j.phase_name || '–'),
-          h('td', {}, h('div', { class: 'hbar', title: `epoch ${done} of ${total}` },
-            h('div', { class: 'bar', role: 'progressbar', 'aria-valuemin': 0, 'aria-valuemax': total, 'aria-valuenow': done },
+          h('td', {}, j.state === 'fetching' ? fetchProgress(j.fetch).el : h('div', { class: 'hbar', title: `epoch ${done} of ${total}` },
+            h('div', { class: 'bar', role: 'progressbar', 'aria-label': 'epochs', 'aria-valuemin': 0, 'aria-valuemax': total, 'aria-valuenow': done },
               h('span', { style: `width:${total ? 100 * done / total : 0}%` })),
             h('span', { class: 'small' }, `${done}/${total}`))),
           h('td', { class: 'num' }, j.best ? pct(j.best.val_acc) : '–'),
-          h('td', {}, active ? h('button', { class: 'danger', type: 'button', 'data-cancel': j.id, onclick: async ev => {
+          h('td', {}, cancellable(j.state) ? h('button', { class: 'danger', type: 'button', 'data-cancel': j.id, onclick: async ev => {
             ev.target.disabled = true;
             try { await api('POST', `/api/jobs/${j.id}/cancel`); } catch (e) { alert(e.error.message); }
             refresh();
@@ -239,14 +270,17 @@ async function jobView(id) {
       h('div', { class: 'card' }, h('h2', {}, 'Predicted classes (validation)'), cards.predicted),
       h('div', { class: 'card' }, h('h2', {}, 'Dataset: images per class'), cards.counts)));
 
+  /* kept across redraws: "fetch" events update it in place */
+  const download = fetchProgress(job.fetch);
+  download.el.id = 'fetch-progress';
   function renderHeader() {
-    const active = job.state === 'queued' || job.state === 'running';
     header.replaceChildren(stateBadge(job.state),
+      job.state === 'fetching' ? download.el : '',
       h('span', {}, `epoch ${job.epochs_done}/${job.epochs_total}`),
       job.phase_name ? h('span', { class: 'muted' }, `phase ${job.phase_name}`) : '',
       job.progress ? h('span', { class: 'muted', id: 'step-progress' }, `step ${job.progress.step + 1}/${job.progress.steps}, loss ${fmt(job.progress.loss)}`) : '',
       job.error ? h('span', { class: 'field-error' }, job.error) : '',
-      active ? h('button', { type: 'button', class: 'danger', id: 'cancel', onclick: async () => {
+      cancellable(job.state) ? h('button', { type: 'button', class: 'danger', id: 'cancel', onclick: async () => {
         try { await api('POST', `/api/jobs/${id}/cancel`); } catch (e) { alert(e.error.message); }
       } }, 'Cancel') : '',
       job.state === 'completed' ? h('a', { href: `/api/jobs/${id}/weights`, download: '' }, 'Download weights') : '');
@@ -316,14 +350,22 @@ async function jobView(id) {
   const es = new EventSource(`/api/jobs/${id}/events`);
   let pendingSteps = false;
   es.addEventListener('open', () => { conn.textContent = 'live'; });
-  es.addEventListener('error', () => { conn.textContent = job.state === 'running' || job.state === 'queued' ? 'reconnecting…' : ''; });
+  es.addEventListener('error', () => { conn.textContent = cancellable(job.state) ? 'reconnecting…' : ''; });
   es.addEventListener('state', async ev => {
     const s = JSON.parse(ev.data);
     if (s.state !== job.state) {
       try { job = await api('GET', `/api/jobs/${id}`); } catch (e) { job.state = s.state; }
+      download.update(job.fetch);
       renderHeader();
     }
     if (['completed', 'failed', 'cancelled'].includes(s.state)) { es.close(); conn.textContent = ''; }
+  });
+  /* about once a second while the job's weights download */
+  es.addEventListener('fetch', ev => {
+    const f = JSON.parse(ev.data);
+    if (job.state !== 'fetching') return;
+    job.fetch = { weights: f.weights, file: f.file, done: f.done, total: f.total };
+    download.update(job.fetch);
   });
   es.addEventListener('step', ev => {
     const s = JSON.parse(ev.data);
@@ -401,11 +443,55 @@ const TEMPLATE = {
   early_stopping: { monitor: 'val_loss', patience: 3, restore_best: true },
 };
 
+/* A manifest entry's option label: name, variant, top-1 when the manifest
+ * quotes one, and what choosing it means for the download. */
+function namedLabel(n) {
+  const facts = [n.variant];
+  if (n.top1 !== null && n.top1 !== undefined) facts.push(`top-1 ${n.top1}%`);
+  if (!n.pinned) facts.push('cannot download: the manifest pins no hash for it');
+  else if (n.state === 'cached') facts.push('downloaded');
+  else if (n.state === 'fetching') facts.push(n.pulling && n.pulling.total
+    ? `downloading now, ${Math.floor(100 * n.pulling.done / n.pulling.total)}%` : 'downloading now');
+  else facts.push(n.size ? `downloads ${megabytes(n.size)} MB on submit` : 'downloads on submit');
+  return facts.join(', ');
+}
+
+/* The Weights select's four groups (GET /api/weights and GET /api/jobs):
+ * random; the manifest's named weights, downloaded once, "imagenet" beside the
+ * entry it stands for; uploaded or dropped files (a named entry's downloaded file
+ * is listed once, under its name); completed jobs' exported models as job:ID.
+ * An empty group keeps one disabled line that says how to fill it. */
+function weightsOptions(list) {
+  const { weights, named, named_error: namedError, jobs } = list;
+  const opt = (value, label, disabled) => h('option', { value, disabled }, label);
+  const none = label => opt('', label, true);
+  const pretrained = [];
+  for (const n of named) {
+    if (n.aliases.includes('imagenet')) pretrained.push(opt('imagenet', `imagenet = ${n.name} (${namedLabel(n)})`, !n.pinned));
+    const other = n.aliases.filter(a => a !== 'imagenet');
+    pretrained.push(opt(n.name, `${n.name} (${namedLabel(n)})${other.length ? '; also ' + other.join(', ') : ''}`, !n.pinned));
+  }
+  const namedFiles = new Set(named.filter(n => n.cached).map(n => n.file));
+  const files = weights.filter(w => !w.error && !namedFiles.has(w.name))
+    .map(w => opt(w.name, `${w.name} (${w.variant}, ${w.preprocess}${w.head_classes ? `, ${w.head_classes}-class head` : ''})`));
+  const finished = jobs.filter(j => j.state === 'completed').map(j => opt(`job:${j.id}`, `job ${j.id}: ${j.name}`));
+  return [
+    h('optgroup', { label: 'Train from scratch' }, opt('random', 'random (train from scratch)')),
+    h('optgroup', { label: 'Pretrained (download once)' },
+      pretrained.length ? pretrained : none(namedError ? 'none: the manifest did not load' : 'none: the manifest is empty')),
+    h('optgroup', { label: 'Files in the weights folder' },
+      files.length ? files : none('none: upload with PUT /api/weights/NAME')),
+    h('optgroup', { label: 'Finished jobs' }, finished.length ? finished : none('none yet: completed jobs appear here')),
+  ];
+}
+
 async function submitView() {
   view.replaceChildren(h('h1', {}, 'Submit a job'));
-  let datasets = [], weights = [];
+  let datasets, list;
   try {
-    [{ datasets }, { weights }] = await Promise.all([api('GET', '/api/datasets'), api('GET', '/api/weights')]);
+    const [ds, w, j] = await Promise.all([api('GET', '/api/datasets'), api('GET', '/api/weights'), api('GET', '/api/jobs')]);
+    datasets = ds.datasets;
+    list = { weights: w.weights, named: w.named || [], named_error: w.named_error, jobs: j.jobs };
   } catch (e) { showError(view, e); return; }
   const spec = JSON.parse(JSON.stringify(TEMPLATE));
   spec.dataset = datasets.length ? datasets[0].name : '';
@@ -413,8 +499,9 @@ async function submitView() {
   const editor = h('textarea', { id: 'spec', spellcheck: 'false', 'aria-describedby': 'spec-error' }, JSON.stringify(spec, null, 2));
   const error = h('div', { id: 'spec-error', role: 'alert' });
   const dsSel = h('select', { id: 'dataset' }, datasets.map(d => h('option', { value: d.name }, `${d.name} (${d.images} images)`)));
-  const wSel = h('select', { id: 'weights' }, h('option', { value: 'random' }, 'random (train from scratch)'),
-    weights.filter(w => !w.error).map(w => h('option', { value: w.name }, `${w.name} (${w.variant}, ${w.preprocess})`)));
+  const wSel = h('select', { id: 'weights', 'aria-describedby': list.named_error ? 'weights-note' : null }, weightsOptions(list));
+  const wNote = list.named_error ? h('p', { id: 'weights-note', class: 'field-note small' },
+    'Pretrained weights are unavailable: ', list.named_error) : '';
   function setField(key, value) {
     try {
       const s = JSON.parse(editor.value);
@@ -486,7 +573,7 @@ async function submitView() {
       if (err.path) markPath(err.path);
     } finally { submit.disabled = false; }
   } },
-    h('div', { class: 'row' }, h('div', {}, h('label', { for: 'dataset' }, 'Dataset'), dsSel), h('div', {}, h('label', { for: 'weights' }, 'Weights'), wSel)),
+    h('div', { class: 'row' }, h('div', {}, h('label', { for: 'dataset' }, 'Dataset'), dsSel), h('div', {}, h('label', { for: 'weights' }, 'Weights'), wSel, wNote)),
     h('label', { for: 'spec' }, 'Job specification (JSON, see docs/jobs.md)'), editor, error, submit);
   view.append(form);
 }
