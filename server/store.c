@@ -748,11 +748,11 @@ json_t *store_datasets_list(Store *s, Error *err)
 int store_dataset_user(Store *s, int64_t dataset, int64_t *job, Error *err)
 {
     int missing;
-    json_t *row = query_one(s, "SELECT id FROM jobs WHERE state IN ('queued', 'running')"
-                               " AND (json_extract(spec, '$.dataset') = (SELECT name FROM"
-                               " datasets WHERE id = ?1) OR json_extract(spec, '$.dataset')"
-                               " = CAST(?1 AS TEXT)) ORDER BY id LIMIT 1", dataset, 0, &missing,
-                            err);
+    json_t *row = query_one(s, "SELECT id FROM jobs WHERE state IN ('fetching', 'queued',"
+                               " 'running') AND (json_extract(spec, '$.dataset') = (SELECT"
+                               " name FROM datasets WHERE id = ?1) OR"
+                               " json_extract(spec, '$.dataset') = CAST(?1 AS TEXT))"
+                               " ORDER BY id LIMIT 1", dataset, 0, &missing, err);
     if (!row)
         return missing ? 0 : -1;
     *job = json_integer_value(json_object_get(row, "id"));
@@ -762,8 +762,8 @@ int store_dataset_user(Store *s, int64_t dataset, int64_t *job, Error *err)
 
 int store_weights_user(Store *s, const char *file, int64_t *job, Error *err)
 {
-    sqlite3_stmt *st = prepare(s, "SELECT id FROM jobs WHERE state IN ('queued', 'running') AND"
-                                  " (json_extract(info, '$.weights_file') = ?1 OR"
+    sqlite3_stmt *st = prepare(s, "SELECT id FROM jobs WHERE state IN ('fetching', 'queued',"
+                                  " 'running') AND (json_extract(info, '$.weights_file') = ?1 OR"
                                   " json_extract(spec, '$.weights') = ?1) ORDER BY id LIMIT 1",
                                err);
     if (!st)

@@ -121,12 +121,13 @@ int store_job_unfinished_with_spec(Store *s, const char *spec_json, int64_t *id,
 /* Every dataset (id, name, source, path, created, classes, images), by id. */
 json_t *store_datasets_list(Store *s, Error *err);
 
-/* A queued or running job that names the dataset (by name or id): 1 with
- * *job, 0 none, -1 error. */
+/* A fetching, queued or running job that names the dataset (by name or id): 1
+ * with *job, 0 none, -1 error. */
 int store_dataset_user(Store *s, int64_t dataset, int64_t *job, Error *err);
 
-/* A queued or running job that starts from the weights folder's file (as its
- * resolved weights_file, or its spec's weights): 1 with *job, 0 none, -1 error. */
+/* A fetching, queued or running job that starts from the weights folder's file
+ * (its resolved weights_file, or its spec's weights): 1 with *job, 0 none, -1
+ * error. */
 int store_weights_user(Store *s, const char *file, int64_t *job, Error *err);
 
 /* The job's epochs as GET /api/jobs/ID/metrics shows them, by epoch; one of
