@@ -9,7 +9,8 @@
 #    tests/e2e/) again under another OpenBLAS kernel and thread count, since a
 #    training trajectory depends on the summation order: Haswell with 1 thread,
 #    and SkylakeX with 2 threads where the CPU has AVX-512, each unless pass 1
-#    already ran it
+#    already ran it; a 1-thread configuration runs on the second core beside the
+#    tools' and the dashboard's tests
 # "unit" runs 1 and 2 only (used by `make asan`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -59,10 +60,14 @@ for bin in "$build"/tests/test_*; do
   count_tap "$name" "$log" $?
 done
 
-run_py() { # name test.py log
-  local name=$1 t=$2 log=$3 rc ran fails errs bad ok
-  $PY -m unittest -v "$t" > "$log" 2>&1 < /dev/null
-  rc=$?
+py_exec() { # test.py log: runs it, its exit status into log.rc
+  $PY -m unittest -v "$1" > "$2" 2>&1 < /dev/null
+  echo $? > "$2.rc"
+}
+
+py_count() { # name log
+  local name=$1 log=$2 rc ran fails errs bad ok
+  rc=$(cat "$log.rc" 2>/dev/null || echo 1)
   # unittest's summary: "Ran N tests" then "OK" or "FAILED (failures=F, errors=E)"
   ran=$(sed -n 's/^Ran \([0-9]*\) tests\?.*/\1/p' "$log" | tail -1)
   fails=$(sed -n 's/^FAILED (.*failures=\([0-9]*\).*/\1/p' "$log" | tail -1)
@@ -75,9 +80,65 @@ run_py() { # name test.py log
   printf '%-28s %3d passed, %d failed\n' "$name" "$ok" "$bad"
 }
 
+run_py() { # name test.py log
+  py_exec "$2" "$3"
+  py_count "$1" "$3"
+}
+
+# The kernel matrix (step 5): the configurations other than pass 1's.
+first=$("$build/resnetd" version | sed -n 's/^blas: OpenBLAS kernel \([^ ]*\) .*, \([0-9]*\) threads.*/\1 \2/p' | head -1)
+configs=()
+for c in "Haswell 1" "SkylakeX 2"; do
+  [ "$c" = "SkylakeX 2" ] && ! { grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo &&
+    grep -qw avx512vl /proc/cpuinfo && grep -qw avx512dq /proc/cpuinfo; } && continue
+  configs+=("$c")
+done
+mapfile -t e2e < <(find tests/e2e -name 'test_*.py' | sort)
+
+matrix_exec() { # kernel threads: test_train and tests/e2e into logs tagged KERNEL-THREADS
+  local kernel=$1 threads=$2 tag="$1-$2" t
+  (
+    export OPENBLAS_CORETYPE=$kernel OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads \
+           RESNETD_THREADS=$threads
+    log="$build/test-logs/test_train.$tag.log"
+    CMOCKA_MESSAGE_OUTPUT=TAP "$build/tests/test_train" > "$log" 2>&1
+    echo $? > "$log.rc"
+    for t in "${e2e[@]}"; do
+      py_exec "$t" "$build/test-logs/$(basename "$t" .py).$tag.log"
+    done
+  )
+}
+
+matrix_count() { # kernel threads
+  local tag="$1-$2" log t name
+  echo "== kernel matrix: $1, $2 thread(s)"
+  log="$build/test-logs/test_train.$tag.log"
+  count_tap "test_train [$tag]" "$log" "$(cat "$log.rc" 2>/dev/null || echo 1)"
+  for t in "${e2e[@]}"; do
+    name=$(basename "$t" .py)
+    py_count "$name [$tag]" "$build/test-logs/$name.$tag.log"
+  done
+}
+
 if [ "$mode" = all ]; then
   echo "== Python tests"
-  mapfile -t pytests < <(find tests -name 'test_*.py' | sort)
+  mapfile -t pytests < <(find tests -name 'test_*.py' -not -path 'tests/tools/*' | sort)
+  for t in "${pytests[@]}"; do
+    name=$(basename "$t" .py)
+    run_py "$name" "$t" "$build/test-logs/$name.log"
+  done
+  # A 1-thread configuration of the matrix leaves the second core idle: it runs
+  # beside the tools' and the dashboard's tests, which are light on CPU; its
+  # results are counted below, once it has ended.
+  background=()
+  for c in "${configs[@]}"; do
+    read -r kernel threads <<< "$c"
+    if [ "$c" != "$first" ] && [ "$threads" = 1 ] && [ "$(nproc)" -gt 1 ]; then
+      matrix_exec "$kernel" "$threads" &
+      background+=("$c")
+    fi
+  done
+  mapfile -t pytests < <(find tests/tools -name 'test_*.py' | sort)
   for t in "${pytests[@]}"; do
     name=$(basename "$t" .py)
     run_py "$name" "$t" "$build/test-logs/$name.log"
@@ -102,29 +163,15 @@ if [ "$mode" = all ]; then
 fi
 
 if [ "$mode" = all ]; then
-  # pass 1's kernel and threads, as resnetd reports them ("... kernel X (...), N threads; ...")
-  first=$("$build/resnetd" version | sed -n 's/^blas: OpenBLAS kernel \([^ ]*\) .*, \([0-9]*\) threads.*/\1 \2/p' | head -1)
-  configs=("Haswell 1")
-  if grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo &&
-     grep -qw avx512vl /proc/cpuinfo && grep -qw avx512dq /proc/cpuinfo; then
-    configs+=("SkylakeX 2")
-  fi
-  mapfile -t e2e < <(find tests/e2e -name 'test_*.py' | sort)
+  wait
   for c in "${configs[@]}"; do
     read -r kernel threads <<< "$c"
-    [ "$c" = "$first" ] && { echo "== kernel matrix: $kernel, $threads thread(s): pass 1 ran it"; continue; }
-    echo "== kernel matrix: $kernel, $threads thread(s)"
-    tag="$kernel-$threads"
-    export OPENBLAS_CORETYPE=$kernel OMP_NUM_THREADS=$threads OPENBLAS_NUM_THREADS=$threads \
-           RESNETD_THREADS=$threads
-    log="$build/test-logs/test_train.$tag.log"
-    CMOCKA_MESSAGE_OUTPUT=TAP "$build/tests/test_train" > "$log" 2>&1
-    count_tap "test_train [$tag]" "$log" $?
-    for t in "${e2e[@]}"; do
-      name=$(basename "$t" .py)
-      run_py "$name [$tag]" "$t" "$build/test-logs/$name.$tag.log"
-    done
-    unset OPENBLAS_CORETYPE OMP_NUM_THREADS OPENBLAS_NUM_THREADS RESNETD_THREADS
+    if [ "$c" = "$first" ]; then
+      echo "== kernel matrix: $kernel, $threads thread(s): pass 1 ran it"
+      continue
+    fi
+    [[ " ${background[*]} " == *" $c "* ]] || matrix_exec "$kernel" "$threads"
+    matrix_count "$kernel" "$threads"
   done
 fi
 
