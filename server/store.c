@@ -651,6 +651,30 @@ static json_t *query_one(Store *s, const char *sql, int64_t a, int64_t b, int *m
     " val_acc, val_balanced_acc, seconds, images_per_second, best, cached, grad_norm,"       \
     " weight_change, predicted FROM epochs "
 
+/* The id in the first row of sql, whose ?1 is text (when not NULL) or a: 1 with
+ * *id, 0 no row, -1 error. */
+static int first_id(Store *s, const char *sql, int64_t a, const char *text, int64_t *id,
+                    Error *err)
+{
+    sqlite3_stmt *st = prepare(s, sql, err);
+    if (!st)
+        return -1;
+    if (text)
+        sqlite3_bind_text(st, 1, text, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_int64(st, 1, a);
+    int rc = sqlite3_step(st), found = 0;
+    if (rc == SQLITE_ROW) {
+        *id = sqlite3_column_int64(st, 0);
+        found = 1;
+    } else if (rc != SQLITE_DONE) {
+        db_error(s, err, "job lookup");
+        found = -1;
+    }
+    sqlite3_finalize(st);
+    return found;
+}
+
 json_t *store_job_get(Store *s, int64_t id, int *missing, Error *err)
 {
     json_t *j = query_one(s, "SELECT id, name, state, error, created, started, finished,"
@@ -708,33 +732,14 @@ int store_jobs_queued(Store *s, int64_t *n, Error *err)
 
 int store_job_running(Store *s, int64_t *id, Error *err)
 {
-    int missing;
-    json_t *row = query_one(s, "SELECT id FROM jobs WHERE state = 'running' ORDER BY id LIMIT 1",
-                            0, 0, &missing, err);
-    if (!row)
-        return missing ? 0 : -1;
-    *id = json_integer_value(json_object_get(row, "id"));
-    json_decref(row);
-    return 1;
+    return first_id(s, "SELECT id FROM jobs WHERE state = 'running' ORDER BY id LIMIT 1", 0,
+                    NULL, id, err);
 }
 
 int store_job_unfinished_with_spec(Store *s, const char *spec_json, int64_t *id, Error *err)
 {
-    sqlite3_stmt *st = prepare(s, "SELECT id FROM jobs WHERE spec = ?1 AND state <> 'completed'"
-                                  " ORDER BY id DESC LIMIT 1", err);
-    if (!st)
-        return -1;
-    sqlite3_bind_text(st, 1, spec_json, -1, SQLITE_TRANSIENT);
-    int rc = sqlite3_step(st), found = 0;
-    if (rc == SQLITE_ROW) {
-        *id = sqlite3_column_int64(st, 0);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        db_error(s, err, "job lookup");
-        found = -1;
-    }
-    sqlite3_finalize(st);
-    return found;
+    return first_id(s, "SELECT id FROM jobs WHERE spec = ?1 AND state <> 'completed'"
+                       " ORDER BY id DESC LIMIT 1", 0, spec_json, id, err);
 }
 
 json_t *store_datasets_list(Store *s, Error *err)
@@ -747,38 +752,18 @@ json_t *store_datasets_list(Store *s, Error *err)
 
 int store_dataset_user(Store *s, int64_t dataset, int64_t *job, Error *err)
 {
-    int missing;
-    json_t *row = query_one(s, "SELECT id FROM jobs WHERE state IN ('fetching', 'queued',"
-                               " 'running') AND (json_extract(spec, '$.dataset') = (SELECT"
-                               " name FROM datasets WHERE id = ?1) OR"
-                               " json_extract(spec, '$.dataset') = CAST(?1 AS TEXT))"
-                               " ORDER BY id LIMIT 1", dataset, 0, &missing, err);
-    if (!row)
-        return missing ? 0 : -1;
-    *job = json_integer_value(json_object_get(row, "id"));
-    json_decref(row);
-    return 1;
+    return first_id(s, "SELECT id FROM jobs WHERE state IN ('fetching', 'queued', 'running')"
+                       " AND (json_extract(spec, '$.dataset') = (SELECT name FROM datasets"
+                       " WHERE id = ?1) OR json_extract(spec, '$.dataset') = CAST(?1 AS TEXT))"
+                       " ORDER BY id LIMIT 1", dataset, NULL, job, err);
 }
 
 int store_weights_user(Store *s, const char *file, int64_t *job, Error *err)
 {
-    sqlite3_stmt *st = prepare(s, "SELECT id FROM jobs WHERE state IN ('fetching', 'queued',"
-                                  " 'running') AND (json_extract(info, '$.weights_file') = ?1 OR"
-                                  " json_extract(spec, '$.weights') = ?1) ORDER BY id LIMIT 1",
-                               err);
-    if (!st)
-        return -1;
-    sqlite3_bind_text(st, 1, file, -1, SQLITE_TRANSIENT);
-    int rc = sqlite3_step(st), found = 0;
-    if (rc == SQLITE_ROW) {
-        *job = sqlite3_column_int64(st, 0);
-        found = 1;
-    } else if (rc != SQLITE_DONE) {
-        db_error(s, err, "weights lookup");
-        found = -1;
-    }
-    sqlite3_finalize(st);
-    return found;
+    return first_id(s, "SELECT id FROM jobs WHERE state IN ('fetching', 'queued', 'running')"
+                       " AND (json_extract(info, '$.weights_file') = ?1 OR"
+                       " json_extract(spec, '$.weights') = ?1) ORDER BY id LIMIT 1", 0, file, job,
+                    err);
 }
 
 json_t *store_epochs_list(Store *s, int64_t job, Error *err)
